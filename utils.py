@@ -63,7 +63,9 @@ def _is_path_key(section: str, key: str) -> bool:
     return keys is None and section in PATH_KEYS or (keys is not None and key in keys)
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, overrides: list[str] | tuple = ()) -> configparser.ConfigParser:
+def load_config(
+    path: Path | str = DEFAULT_CONFIG, overrides: list[str] | tuple = ()
+) -> configparser.ConfigParser:
     """Reads a config file, applies `section.key=value` overrides and resolves paths.
 
     Path values from the file are made absolute relative to the file's folder; path values from

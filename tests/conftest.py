@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny generated signals that always exist, and the real corpus when present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+CORPUS = Path(os.environ.get("SE_CORPUS", ROOT.parent / "shared" / "corpus"))
+CORPUS_SPLITS = ("clean_train", "clean_test", "noise_train", "noise_test")
+SR = 16000
+
+
+def corpus_available() -> bool:
+    return all((CORPUS / s).is_dir() for s in CORPUS_SPLITS)
+
+
+requires_corpus = pytest.mark.skipif(
+    not corpus_available(), reason=f"real corpus not found at {CORPUS} (set SE_CORPUS to use another)"
+)
+
+
+def speech_like(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """A voiced-speech stand-in: harmonics of a gliding f0 under a syllable-rate envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
+    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
+
+
+def noise_like(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = rng.standard_normal(int(seconds * sr))
+    n = np.convolve(n, np.ones(4) / 4, mode="same")  # mildly coloured
+    return (0.1 * n).astype(np.float32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def synthetic_corpus(tmp_path) -> Path:
+    """A tiny corpus in the shared layout (clean_train/ clean_test/ noise_train/ noise_test/)."""
+    root = tmp_path / "corpus"
+    for split, maker, count, secs in (
+        ("clean_train", speech_like, 4, 4.0),
+        ("clean_test", speech_like, 2, 4.0),
+        ("noise_train", noise_like, 2, 5.0),
+        ("noise_test", noise_like, 1, 5.0),
+    ):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            seed = CORPUS_SPLITS.index(split) * 100 + i
+            sf.write(root / split / f"{split}_{i}.wav", maker(secs, seed), SR, subtype="FLOAT")
+    return root
+
+
+@pytest.fixture
+def tiny_real_corpus(tmp_path) -> Path:
+    """A few real files copied from ../shared/corpus in the same layout; skipped when absent."""
+    if not corpus_available():
+        pytest.skip(f"real corpus not found at {CORPUS}")
+    root = tmp_path / "real_corpus"
+    for split, count in zip(CORPUS_SPLITS, (6, 3, 3, 2), strict=True):
+        (root / split).mkdir(parents=True)
+        for f in sorted((CORPUS / split).glob("*.flac"))[:count]:
+            shutil.copy(f, root / split / f.name)
+    return root
+
+
+def write_config(tmp_path: Path, overrides: dict | None = None) -> Path:
+    """Copies config.ini into tmp_path with every [paths] entry inside tmp_path and a tiny model."""
+    import configparser
+
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.optionxform = str
+    cfg.read(ROOT / "config.ini")
+    for key in cfg["paths"]:
+        cfg["paths"][key] = key.replace("_dir", "")
+    cfg["paths"]["stft_dir"] = "."
+    tiny = {
+        "model": {"projection_units": "32", "lstm_units": "32", "lstm_layers": "1", "dense_units": "32"},
+        "train": {"epochs": "1", "batch_size": "2", "validation_files": "2", "audio_examples": "1"},
+    }
+    for section, values in {**tiny, **(overrides or {})}.items():
+        if not cfg.has_section(section):
+            cfg.add_section(section)
+        for k, v in values.items():
+            cfg[section][k] = str(v)
+    path = tmp_path / "config.ini"
+    with open(path, "w") as f:
+        cfg.write(f)
+    return path
+
+
+@pytest.fixture
+def tmp_config(tmp_path) -> Path:
+    return write_config(tmp_path)
