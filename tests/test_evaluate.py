@@ -1,0 +1,248 @@
+"""evaluate.py: oracle masks, baseline plumbing, outputs that agree with each other, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ROOT, SR, noise_like, speech_like, write_config
+
+import evaluate
+import metrics
+import STFT
+import utils
+
+HAVE_MODEL = (ROOT / "model.py").is_file()
+FAST_METRICS = {"evaluate": {"metrics": "sdr,si_sdr,snr,stoi"}}  # PESQ is tested in test_metrics
+
+
+def make_test_set(root: Path, snrs=(-5, 5, 15), seconds: float = 1.5) -> Path:
+    """Writes tiny mixtures in data_prep's layout (noisy == clean + noise) and manifest_testing.csv."""
+    rows = []
+    for i, snr in enumerate(snrs):
+        clean = speech_like(seconds, seed=10 + i)
+        noise = noise_like(seconds, seed=20 + i)
+        noise = noise * np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr / 10))
+        names = {
+            "clean": f"CleanSpeech_testing/clnsp{i}.wav",
+            "noise": f"Noise_testing/noisy{i}_SNRdb_{snr:g}.wav",
+            "noisy": f"NoisySpeech_testing/noisy{i}_SNRdb_{snr:g}_clnsp{i}.wav",
+        }
+        for key, signal in (("clean", clean), ("noise", noise), ("noisy", clean + noise)):
+            (root / names[key]).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / names[key], signal.astype(np.float32), SR, subtype="FLOAT")
+        rows.append({"index": i, **names, "snr_db": snr})
+    with open(root / "manifest_testing.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["index", "noisy", "clean", "noise", "snr_db"])
+        w.writeheader()
+        w.writerows(rows)
+    return root / "manifest_testing.csv"
+
+
+@pytest.fixture
+def test_set(tmp_path):
+    """(config, data folder) with three 1.5-s test mixtures; every path inside tmp_path."""
+    cfg = utils.load_config(write_config(tmp_path, FAST_METRICS))
+    make_test_set(utils.get_path(cfg, "data_dir"))
+    return cfg, utils.get_path(cfg, "data_dir")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def _spectra(seed=0, seconds=1.0, noise_gain=1.0):
+    clean = speech_like(seconds, seed)
+    noise = noise_gain * noise_like(seconds, seed + 1)
+    p = STFT.StftParams()
+    return clean, noise, clean + noise, p
+
+
+def test_ideal_complex_mask_reconstructs_clean():
+    clean, noise, noisy, p = _spectra()
+    for bound in (math.inf, 1e6):
+        est = evaluate.oracle_estimate("icm", clean, noise, noisy, p, bound)
+        assert metrics.si_sdr(clean, est) > 60
+    # the model's bound (2) costs something but stays far above the input
+    bounded = metrics.si_sdr(clean, evaluate.oracle_estimate("icm", clean, noise, noisy, p, 2.0))
+    assert metrics.si_sdr(clean, noisy) + 10 < bounded
+
+
+def test_oracle_masks_are_bounded_and_beat_the_input():
+    clean, noise, noisy, p = _spectra(seed=3, noise_gain=2.0)
+    S, N, X = STFT.stft(clean, p), STFT.stft(noise, p), STFT.stft(noisy, p)
+    irm = evaluate.oracle_mask("irm", S, N, X)
+    psm = evaluate.oracle_mask("psm", S, N, X, bound=1.5)
+    icm = evaluate.oracle_mask("icm", S, N, X, bound=1.5)
+    assert np.all(irm.imag == 0) and 0 <= irm.real.min() and irm.real.max() <= 1
+    assert np.all(psm.imag == 0) and 0 <= psm.real.min() and psm.real.max() <= 1.5
+    assert np.abs(icm).max() <= 1.5 + 1e-9
+    floor = metrics.si_sdr(clean, noisy)
+    for kind in evaluate.ORACLES:
+        assert metrics.si_sdr(clean, evaluate.oracle_estimate(kind, clean, noise, noisy, p, 2.0)) > floor + 3
+    with pytest.raises(ValueError, match="unknown oracle"):
+        evaluate.oracle_mask("ibm", S, N, X)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_delay_estimate_and_shift(rng):
+    x = rng.standard_normal(4000).astype(np.float32)
+    for d in (0, 37, -12):
+        y = np.roll(x, d) * 0.5
+        assert evaluate.estimate_delay(x, y, 100) == d
+        back = evaluate.shift(y, d, len(x))
+        lo, hi = max(0, -d), len(x) - max(0, d)
+        np.testing.assert_allclose(back[lo:hi], 0.5 * x[lo:hi])
+
+
+def _delayed_identity(x, sr):
+    """A fake baseline: the input delayed by 3 ms, delay not reported."""
+    return np.r_[np.zeros(int(0.003 * sr), np.float32), x], None
+
+
+def test_baseline_is_resampled_and_delay_compensated(test_set, tmp_path, monkeypatch):
+    cfg, _ = test_set
+    monkeypatch.setitem(evaluate.BASELINE_ADAPTERS, "fake", ("numpy", 48000, _delayed_identity))
+    summary = evaluate.evaluate(
+        cfg, None, tmp_path / "out", workers=1, oracles=False, baselines=["fake"], progress=False
+    )
+    rows = _read_csv(tmp_path / "out" / "results.csv")
+    by = {(r["index"], r["system"]): r for r in rows}
+    assert summary["systems"] == ["noisy", "fake"]
+    for i in ("0", "1", "2"):  # 16k -> 48k -> delayed identity -> aligned -> 16k: the input again
+        assert float(by[(i, "fake")]["si_sdr"]) == pytest.approx(float(by[(i, "noisy")]["si_sdr"]), abs=0.05)
+
+
+def test_missing_baseline_is_reported_not_fatal(test_set, tmp_path, monkeypatch, capsys):
+    cfg, _ = test_set
+    monkeypatch.setitem(evaluate.BASELINE_ADAPTERS, "ghost", ("no_such_module_xyz", None, _delayed_identity))
+    summary = evaluate.evaluate(
+        cfg, None, tmp_path / "out", limit=1, workers=1, oracles=False, baselines=["ghost"], progress=False
+    )
+    assert "not installed" in summary["baselines_skipped"]["ghost"]
+    assert "baseline ghost: not installed" in capsys.readouterr().err
+    assert {r["system"] for r in _read_csv(tmp_path / "out" / "results.csv")} == {"noisy"}
+
+
+def test_unknown_baseline_is_a_user_error(test_set, tmp_path):
+    cfg, _ = test_set
+    with pytest.raises(utils.PipelineError, match="unknown baseline"):
+        evaluate.main(["--config", cfg.source, "--model", str(tmp_path), "--baselines", "magic"])
+
+
+@pytest.mark.skipif(
+    evaluate.baseline_available("noisereduce") is not None, reason="noisereduce not installed"
+)
+def test_noisereduce_baseline_runs():
+    clean, _, noisy, _ = _spectra(seed=5, seconds=2.0, noise_gain=2.0)
+    est = evaluate.run_baseline("noisereduce", noisy, SR)
+    assert est.shape == noisy.shape
+    assert metrics.si_sdr(clean, est) > metrics.si_sdr(clean, noisy)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_summary_matches_csv_and_workers_do_not_matter(test_set, tmp_path):
+    cfg, _ = test_set
+    one = evaluate.evaluate(cfg, None, tmp_path / "w1", workers=1, progress=False)
+    evaluate.evaluate(cfg, None, tmp_path / "w2", workers=2, progress=False)
+    assert (tmp_path / "w1" / "results.csv").read_text() == (tmp_path / "w2" / "results.csv").read_text()
+
+    rows = _read_csv(tmp_path / "w1" / "results.csv")
+    summary = json.loads((tmp_path / "w1" / "summary.json").read_text())
+    systems = ["noisy", "oracle_irm", "oracle_psm", "oracle_icm"]
+    assert summary["systems"] == one["systems"] == systems
+    assert len(rows) == 3 * len(systems)
+    for system in systems:
+        for m in summary["metrics"]:
+            v = np.array([float(r[m]) for r in rows if r["system"] == system])
+            stats = summary["results"][system][m]
+            assert stats["mean"] == pytest.approx(np.nanmean(v), abs=1e-9)
+            assert stats["median"] == pytest.approx(np.nanmedian(v), abs=1e-9)
+            assert stats["n"] + stats["n_missing"] == 3
+            half = 1.96 * np.nanstd(v, ddof=1) / np.sqrt(stats["n"])
+            assert stats["ci95"] == pytest.approx([stats["mean"] - half, stats["mean"] + half])
+    noisy = summary["results"]["noisy"]
+    assert noisy["snri"]["mean"] == 0.0
+    gain = summary["improvement_over_noisy"]["oracle_irm"]["si_sdr"]["mean"]
+    assert gain == pytest.approx(summary["results"]["oracle_irm"]["si_sdr"]["mean"] - noisy["si_sdr"]["mean"])
+    assert gain > 3
+    out = tmp_path / "w1"
+    table = (out / "snr_table.md").read_text()
+    assert "| -5 |" in table and "| 15 |" in table and "oracle_icm" in table
+    assert {p.name for p in out.glob("*.png")} == {f"{m}_vs_input_snr.png" for m in summary["metrics"]}
+    assert utils.load_config(out / "config.ini").get("evaluate", "metrics") == "sdr,si_sdr,snr,stoi"
+
+
+def test_unreadable_file_is_recorded_not_fatal(test_set, tmp_path):
+    cfg, data = test_set
+    (data / "CleanSpeech_testing" / "clnsp1.wav").write_bytes(b"not audio")
+    evaluate.evaluate(cfg, None, tmp_path / "out", workers=1, oracles=["icm"], progress=False)
+    rows = _read_csv(tmp_path / "out" / "results.csv")
+    bad = [r for r in rows if r["index"] == "1"]
+    assert len(bad) == 2 and all(math.isnan(float(r["sdr"])) and "unreadable" in r["failures"] for r in bad)
+    assert all(math.isfinite(float(r["sdr"])) for r in rows if r["index"] != "1")
+
+
+def test_missing_inputs_are_user_errors(tmp_path):
+    cfg = utils.load_config(write_config(tmp_path))
+    with pytest.raises(utils.PipelineError, match="manifest_testing.csv"):
+        evaluate.evaluate(cfg, None, tmp_path / "out", progress=False)
+    make_test_set(utils.get_path(cfg, "data_dir"), snrs=(0,))
+    with pytest.raises(utils.PipelineError, match="no trained model"):
+        evaluate.main(["--config", str(tmp_path / "config.ini"), "--run", "nothing_here"])
+
+
+def test_resolve_model_dir(tmp_path):
+    cfg = utils.load_config(write_config(tmp_path, {"train": {"run_name": "exp"}}))
+    cp = utils.get_path(cfg, "checkpoint_dir")
+    assert evaluate.resolve_model_dir(cfg, None, None) == (cp / "exp" / "best", "exp")
+    assert evaluate.resolve_model_dir(cfg, None, "b") == (cp / "b" / "best", "b")
+    assert evaluate.resolve_model_dir(cfg, tmp_path / "cp" / "x" / "best", None)[1] == "x"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="model.py not written yet")
+def test_end_to_end_with_tiny_untrained_model(test_set, tmp_path, capsys):
+    import model
+
+    cfg, _ = test_set
+    net = model.build_model(cfg)
+    model_dir = utils.get_path(cfg, "checkpoint_dir") / "tiny" / "best"
+    model.save_trained(net, cfg, model_dir)
+    rc = evaluate.main(["--config", cfg.source, "--run", "tiny", "--workers", "2", "--limit", "2"])
+    assert rc == 0
+    out = utils.get_path(cfg, "results_dir") / "tiny"
+    rows = _read_csv(out / "results.csv")
+    assert {r["system"] for r in rows} == {"noisy", "model", "oracle_irm", "oracle_psm", "oracle_icm"}
+    assert len(rows) == 2 * 5
+    assert all(math.isfinite(float(r["si_sdr"])) for r in rows if r["system"] == "model")
+
+    # the model row is istft(M * X) of the model's own mask: recompute one file by hand
+    _, mcfg = model.load_trained(model_dir)
+    task = evaluate.read_manifest(utils.get_path(cfg, "data_dir") / "manifest_testing.csv", 1)[0]
+    clean, _ = utils.read_audio(task["clean"], SR)
+    noisy, _ = utils.read_audio(task["noisy"], SR)
+    p = STFT.StftParams.from_config(mcfg)
+    padded = np.r_[noisy, np.zeros(p.win_length - p.hop, np.float32)]  # whole windows over the last samples
+    est = STFT.istft(model.enhance_spectrogram(net, STFT.stft(padded, p), mcfg), p)[: len(noisy)]
+    first = next(r for r in rows if r["system"] == "model")
+    assert float(first["si_sdr"]) == pytest.approx(metrics.si_sdr(clean, est), abs=1e-3)
+
+    printed = capsys.readouterr().out
+    assert "| model |" in printed and "SI-SDR" in printed
+    assert (out / "summary.json").is_file() and (out / "model_config.ini").is_file()
