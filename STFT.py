@@ -8,15 +8,27 @@ Framing (causal, streaming-compatible, never centred):
     zero-padded to n_fft = 512 at its end (as tf.signal.stft does) -> 257 bins.
 iSTFT: weighted overlap-add (synthesis window = analysis window) divided by the summed squared
     window, which is > 0 for every output sample, so STFT -> iSTFT is exact up to float error
-    everywhere, edges included.
+    everywhere, edges included (the last few samples of a clip whose length is a multiple of hop
+    are covered only by the tail of the last window, so float32 error is amplified there by 1/w,
+    to ~1e-3 of the signal level on one or two samples).
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 import utils
 
@@ -66,6 +78,12 @@ class FeatureParams:
         return 4 if self.delta_phase else 2
 
 
+# Floor for the summed squared window in the iSTFT: only guards 0/0 outside the signal. A larger floor
+# (1e-8 was used) breaks the last samples of a clip whose length is a multiple of hop, where only the
+# tail of the last window (w^2 ~ 4e-9) covers them.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
 def window(p: StftParams) -> np.ndarray:
     """Periodic Hann window (the one that sums to a constant at 10 ms hop in overlap-add)."""
     n = np.arange(p.win_length)
@@ -80,32 +98,43 @@ def stft(x: np.ndarray, p: StftParams = StftParams()) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[-1]
     t = p.n_frames(n)
+    if t == 0:
+        return np.zeros(x.shape[:-1] + (0, p.n_bins), dtype=np.complex64)
     pad = [(0, 0)] * (x.ndim - 1) + [(p.pad_front, t * p.hop - n)]
     xp = np.pad(x, pad)
     frames = np.lib.stride_tricks.sliding_window_view(xp, p.win_length, axis=-1)[..., :: p.hop, :][..., :t, :]
     return np.fft.rfft(frames * window(p), n=p.n_fft, axis=-1).astype(np.complex64)
 
 
+def _overlap_add(frames: np.ndarray, hop: int) -> np.ndarray:
+    """(..., T, W) -> (..., (T - 1) * hop + W): sums frame t into samples [t*hop, t*hop + W).
+
+    The frames are cut into hop-sized blocks and block k of every frame is added with one
+    slice-add, so the work is ceil(W / hop) vector ops (no np.add.at, no Python loop over frames).
+    """
+    t, w = frames.shape[-2:]
+    k = -(-w // hop)
+    if k * hop != w:
+        frames = np.pad(frames, [(0, 0)] * (frames.ndim - 1) + [(0, k * hop - w)])
+    blocks = frames.reshape(frames.shape[:-1] + (k, hop))
+    out = np.zeros(frames.shape[:-2] + (t + k - 1, hop), dtype=frames.dtype)
+    for i in range(k):
+        out[..., i : i + t, :] += blocks[..., :, i, :]
+    return out.reshape(frames.shape[:-2] + (-1,))[..., : (t - 1) * hop + w]
+
+
 def istft(X: np.ndarray, p: StftParams = StftParams(), length: int | None = None) -> np.ndarray:
     """(..., T, F) complex -> (..., length) float32; inverse of `stft` (default length T * hop)."""
     X = np.asarray(X)
     t = X.shape[-2]
-    w = window(p)
-    frames = np.fft.irfft(X, n=p.n_fft, axis=-1)[..., : p.win_length] * w
-    total = p.pad_front + t * p.hop
-    out = np.zeros(X.shape[:-2] + (total,), dtype=np.float64)
-    norm = np.zeros(total, dtype=np.float64)
-    for i in range(p.win_length // p.hop + 1):  # overlap-add by hop-sized blocks: a few vector ops
-        seg = frames[..., :, i * p.hop : (i + 1) * p.hop]
-        if seg.shape[-1] == 0:
-            break
-        width = seg.shape[-1]
-        idx = (np.arange(t)[:, None] * p.hop + i * p.hop + np.arange(width)[None, :]).reshape(-1)
-        np.add.at(out, (..., idx), seg.reshape(seg.shape[:-2] + (-1,)))
-        np.add.at(norm, idx, np.tile(w[i * p.hop : i * p.hop + width] ** 2, t))
-    y = out / np.maximum(norm, 1e-8)
-    y = y[..., p.pad_front :]
     length = t * p.hop if length is None else length
+    if t == 0:
+        return np.zeros(X.shape[:-2] + (length,), dtype=np.float32)
+    w = window(p)
+    frames = np.fft.irfft(X.astype(np.complex64, copy=False), n=p.n_fft, axis=-1)[..., : p.win_length] * w
+    out = _overlap_add(frames.astype(np.float32, copy=False), p.hop)
+    norm = _overlap_add(np.broadcast_to(w.astype(np.float64) ** 2, (t, p.win_length)), p.hop)
+    y = (out / np.maximum(norm, _TINY))[..., p.pad_front :]
     if y.shape[-1] < length:
         y = np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, length - y.shape[-1])])
     return y[..., :length].astype(np.float32)
@@ -182,10 +211,13 @@ def istft_tf(X, p: StftParams = StftParams(), length=None):
     t = tf.shape(X)[-2]
     w2 = tf.tile(tf.reshape(w**2, [1, -1]), [t, 1])
     norm = tf.signal.overlap_and_add(w2, p.hop)
-    y = y / tf.maximum(norm, 1e-8)
+    y = y / tf.maximum(norm, _TINY)
     y = y[..., p.pad_front :]
-    if length is not None:
+    if length is not None:  # like `istft`: cut, or zero-pad past the last frame
         y = y[..., :length]
+        extra = tf.maximum(length - tf.shape(y)[-1], 0)
+        pads = tf.concat([tf.zeros([tf.rank(y) - 1, 2], tf.int32), [[0, extra]]], axis=0)
+        y = tf.pad(y, pads)
     return y
 
 
@@ -215,3 +247,462 @@ def features_tf(X, fp: FeatureParams = FeatureParams(), p: StftParams = StftPara
         d = delta_phase_tf(X, p, fp.deviation)
         chans += [tf.cos(d), tf.sin(d)]
     return tf.stack(chans, axis=-1)
+
+
+# ----------------------------------------------------------------------------- cache
+#
+# <stft_dir>/Training_STFT/ (Testing_STFT/) holds the STFT of every example of a data-prep manifest:
+#   noisy.npy, clean.npy (and noise.npy with [STFT] cache_noise = true): all examples concatenated
+#       along time, (sum_T, n_bins) complex64, loadable with np.load(mmap_mode="r");
+#   index.csv: row, manifest_index, offset, n_frames, n_samples, noisy, clean, noise, snr_db
+#       (example `row` is array rows [offset, offset + n_frames); n_samples for istft(length=...));
+#   meta.json: STFT parameters, sha256 of the [STFT] section, of the manifest and of the audio files'
+#       (path, size, mtime), counts and bytes; config.ini: the resolved config of the run.
+# Features are computed from these spectra on the fly (train.py), so the cache does not depend on
+# [features]. A build writes a temp folder beside the target and renames it into place at the end.
+
+CACHE_FORMAT = 1
+SPLITS = ("training", "testing")
+INDEX_COLUMNS = (
+    *("row", "manifest_index", "offset", "n_frames", "n_samples"),
+    *("noisy", "clean", "noise", "snr_db"),
+)
+MANIFEST_COLUMNS = ("index", "noisy", "clean", "noise", "snr_db")
+_TMP_SUFFIX = ".tmp"  # temp folders are <target>.<pid>.tmp (matched by .gitignore's *.tmp)
+
+
+@dataclass
+class StftCache:
+    """A loaded cache: memory-mapped spectra plus the per-example index."""
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    noise: np.ndarray | None
+    offsets: np.ndarray
+    n_frames: np.ndarray
+    n_samples: np.ndarray
+    rows: list
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def params(self) -> StftParams:
+        return StftParams(**{k: self.meta["stft"][k] for k in ("sample_rate", "win_length", "hop", "n_fft")})
+
+    def _span(self, i: int) -> slice:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} out of range (cache has {len(self)})")
+        i = i % len(self)
+        return slice(int(self.offsets[i]), int(self.offsets[i] + self.n_frames[i]))
+
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy (T, F), clean (T, F)) complex64 arrays (copies) of example i."""
+        s = self._span(i)
+        return np.array(self.noisy[s]), np.array(self.clean[s])
+
+    def noise_example(self, i: int) -> np.ndarray:
+        """Noise (T, F) complex64 of example i; needs a cache built with [STFT] cache_noise = true."""
+        if self.noise is None:
+            raise utils.PipelineError(f"{self.meta.get('folder', 'cache')}: built without cache_noise")
+        return np.array(self.noise[self._span(i)])
+
+
+def cache_dir(cfg, split: str) -> Path:
+    """<stft_dir>/Training_STFT for "training", <stft_dir>/Testing_STFT for "testing"."""
+    if split not in SPLITS:
+        raise utils.PipelineError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    return utils.get_path(cfg, "stft_dir") / f"{split.capitalize()}_STFT"
+
+
+def manifest_path(cfg, split: str) -> Path:
+    return utils.get_path(cfg, "data_dir") / f"manifest_{split}.csv"
+
+
+def load_cache(folder) -> StftCache:
+    """Opens a cache folder written by `build_cache` (arrays memory-mapped read-only)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        with open(folder / "index.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, ValueError) as e:
+        reason = f"not a readable STFT cache ({e.__class__.__name__}); run STFT.py"
+        raise utils.PipelineError(f"{folder}: {reason}") from e
+    for r in rows:
+        for k in ("row", "offset", "n_frames", "n_samples"):
+            r[k] = int(r[k])
+        r["snr_db"] = float(r["snr_db"]) if r["snr_db"] not in ("", None) else float("nan")
+    offsets = np.array([r["offset"] for r in rows], dtype=np.int64)
+    n_frames = np.array([r["n_frames"] for r in rows], dtype=np.int64)
+    n_samples = np.array([r["n_samples"] for r in rows], dtype=np.int64)
+    total = int(n_frames.sum())
+    arrays = {}
+    for name in meta["arrays"]:
+        path = folder / f"{name}.npy"
+        try:
+            arrays[name] = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise utils.PipelineError(f"{path}: unreadable cache array ({e.__class__.__name__})") from e
+        if arrays[name].shape != (total, meta["stft"]["n_bins"]) or arrays[name].dtype != np.complex64:
+            reason = f"shape {arrays[name].shape} does not match index.csv ({total} frames)"
+            raise utils.PipelineError(f"{path}: {reason}")
+    meta["folder"] = str(folder.resolve())
+    return StftCache(
+        arrays["noisy"], arrays["clean"], arrays.get("noise"), offsets, n_frames, n_samples, rows, meta
+    )
+
+
+# -- manifest scan
+
+
+@dataclass
+class _Example:
+    manifest_index: str
+    noisy: Path
+    clean: Path
+    noise: Path | None
+    snr_db: str
+
+
+def _read_manifest(path: Path) -> list[_Example]:
+    if not path.is_file():
+        raise utils.PipelineError(f"{path}: manifest not found (run data/data_prep.py first)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise utils.PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    if not rows:
+        raise utils.PipelineError(f"{path}: no examples")
+    base = path.resolve().parent
+    out = []
+    for r in rows:
+        noise = (r["noise"] or "").strip()
+        out.append(
+            _Example(
+                r["index"],
+                base / r["noisy"].strip(),
+                base / r["clean"].strip(),
+                base / noise if noise else None,
+                (r["snr_db"] or "").strip(),
+            )
+        )
+    return out
+
+
+def _sources(examples: list[_Example], with_noise: bool) -> list[Path]:
+    """Audio files the cache is made of, in example order (noisy, clean[, noise])."""
+    files = []
+    for ex in examples:
+        files += [ex.noisy, ex.clean]
+        if with_noise:
+            if ex.noise is None:
+                raise utils.PipelineError(f"{ex.noisy}: no noise file in the manifest but cache_noise = true")
+            files.append(ex.noise)
+    return files
+
+
+def _fingerprint(files: list[Path], manifest: Path) -> str:
+    """sha256 over (path, size, mtime) of every source file; raises naming the first missing one."""
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            raise utils.PipelineError(f"{path}: file not found (named in {manifest})") from None
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _n_samples(path: Path, sample_rate: int) -> int:
+    """Length after utils.read_audio: read from the header, or by decoding when it will resample."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile raises several types; all mean "unreadable"
+        raise utils.AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+    if info.frames <= 0:
+        raise utils.AudioError(path, "empty (0 samples)")
+    if info.samplerate == sample_rate:
+        return int(info.frames)
+    return len(utils.read_audio(path, sample_rate)[0])
+
+
+def _section_dict(cfg, section: str) -> dict:
+    return {k: v.strip() for k, v in sorted(cfg.items(section))} if cfg.has_section(section) else {}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _expected_meta(cfg, split: str) -> dict:
+    """The fields of meta.json that decide whether a cache is up to date."""
+    p = StftParams.from_config(cfg)
+    manifest = manifest_path(cfg, split)
+    examples = _read_manifest(manifest)
+    with_noise = cfg.getboolean("STFT", "cache_noise", fallback=False)
+    stft_section = _section_dict(cfg, "STFT")
+    return {
+        "format": CACHE_FORMAT,
+        "split": split,
+        "stft": {**asdict(p), "n_bins": p.n_bins, "window": "periodic hann", "framing": "causal, uncentred"},
+        "config": {"STFT": stft_section},
+        "config_sha256": {"STFT": _sha256(json.dumps(stft_section, sort_keys=True).encode())},
+        "manifest": str(manifest.resolve()),
+        "manifest_sha256": _sha256(manifest.read_bytes()),
+        "sources_sha256": _fingerprint(_sources(examples, with_noise), manifest),
+        "arrays": ["noisy", "clean"] + (["noise"] if with_noise else []),
+        "examples": len(examples),
+    }
+
+
+def _stale_reason(cfg, split: str, expected: dict | None = None) -> str | None:
+    """None when the cache is up to date, else why it must be (re)built."""
+    folder = cache_dir(cfg, split)
+    expected = expected or _expected_meta(cfg, split)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return "no cache yet"
+    except (OSError, ValueError):
+        return "meta.json unreadable"
+    if meta.get("format") != CACHE_FORMAT:
+        return f"cache format {meta.get('format')} != {CACHE_FORMAT}"
+    if meta.get("config_sha256") != expected["config_sha256"]:
+        old, new = meta.get("config", {}).get("STFT", {}), expected["config"]["STFT"]
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in keys]
+        return "[STFT] changed: " + (", ".join(changed) or "section hash differs")
+    if meta.get("manifest") != expected["manifest"]:
+        return f"manifest path changed ({meta.get('manifest')} -> {expected['manifest']})"
+    if meta.get("manifest_sha256") != expected["manifest_sha256"]:
+        return f"manifest changed ({expected['manifest']})"
+    if meta.get("sources_sha256") != expected["sources_sha256"]:
+        return "audio files changed since the cache was built (size or modification time)"
+    try:
+        cache = load_cache(folder)
+    except (utils.PipelineError, KeyError) as e:
+        return f"cache incomplete ({e})"
+    if len(cache) != expected["examples"]:
+        return f"cache holds {len(cache)} examples, manifest {expected['examples']}"
+    return None
+
+
+def is_up_to_date(cfg, split: str) -> bool:
+    """True when <stft_dir>/<Split>_STFT matches the current [STFT] settings, manifest and audio files."""
+    return _stale_reason(cfg, split) is None
+
+
+# -- build
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # exists but not ours (or an impossible pid)
+    return True
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Deletes temp folders of interrupted builds (their process is gone)."""
+    for tmp in target.parent.glob(f"{target.name}.*{_TMP_SUFFIX}"):
+        pid = tmp.name[len(target.name) + 1 :].split(".")[0]
+        if tmp.is_dir() and (not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            print(f"removing {tmp} (left by an interrupted run)")
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+_WORKER: dict = {}  # per-process state of a build: open memmaps and the STFT parameters
+
+
+def _worker_init(folder: str, names: list, params: dict) -> None:
+    _WORKER["arrays"] = {n: np.load(Path(folder) / f"{n}.npy", mmap_mode="r+") for n in names}
+    _WORKER["params"] = StftParams(**params)
+
+
+def _worker_fill(tasks: list) -> int:
+    """Decodes and transforms a chunk of examples straight into the shared memmaps."""
+    p, arrays = _WORKER["params"], _WORKER["arrays"]
+    try:
+        for offset, n_samples, paths in tasks:
+            for name, path in paths.items():
+                x, _ = utils.read_audio(path, p.sample_rate)
+                if len(x) != n_samples:
+                    reason = f"changed while caching ({len(x)} != {n_samples} samples)"
+                    raise utils.PipelineError(f"{path}: {reason}")
+                arrays[name][offset : offset + p.n_frames(n_samples)] = stft(x, p)
+    except utils.PipelineError as e:
+        raise utils.PipelineError(str(e)) from None  # AudioError's signature does not survive pickling
+    return len(tasks)
+
+
+def _fill_arrays(folder: Path, names: list, p: StftParams, tasks: list, workers: int, desc: str) -> None:
+    from tqdm import tqdm
+
+    chunks = [tasks[i : i + 8] for i in range(0, len(tasks), 8)]
+    init = (str(folder), names, asdict(p))
+    with tqdm(total=len(tasks), desc=desc, unit="ex", dynamic_ncols=True) as bar:
+        if workers <= 1:
+            _worker_init(*init)
+            try:
+                for chunk in chunks:
+                    bar.update(_worker_fill(chunk))
+            finally:
+                _WORKER.clear()
+            return
+        import multiprocessing as mp
+
+        # spawn, not fork: callers may have TensorFlow (threads) loaded; results land at fixed offsets,
+        # so the output is the same for any worker count and completion order.
+        with mp.get_context("spawn").Pool(workers, _worker_init, init) as pool:
+            for n in pool.imap_unordered(_worker_fill, chunks):
+                bar.update(n)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Renames tmp over target; the old cache is moved aside first (a folder cannot be replaced)."""
+    old = target.with_name(f"{target.name}.{os.getpid()}.old{_TMP_SUFFIX}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def default_workers(n_examples: int) -> int:
+    """One process per core, but in-process for small sets where starting workers costs more."""
+    return 1 if n_examples < 400 else max(1, os.cpu_count() or 1)
+
+
+def build_cache(cfg, split: str, workers: int = 0, force: bool = False) -> Path:
+    """Writes <stft_dir>/<Split>_STFT from <data_dir>/manifest_<split>.csv unless it is up to date.
+
+    workers: processes decoding and transforming (0 = automatic). Returns the cache folder.
+    """
+    target = cache_dir(cfg, split)
+    p = StftParams.from_config(cfg)
+    if target.parent.is_dir():
+        _remove_stale_temps(target)
+    expected = _expected_meta(cfg, split)
+    reason = "--force" if force else _stale_reason(cfg, split, expected)
+    if reason is None:
+        print(f"{target}: up to date ({expected['examples']} examples), nothing to do")
+        return target
+    print(f"{target}: building ({reason})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    manifest = Path(expected["manifest"])
+    examples = _read_manifest(manifest)
+    names = expected["arrays"]
+    rows, tasks, offset = [], [], 0
+    for i, ex in enumerate(examples):
+        paths = {"noisy": ex.noisy, "clean": ex.clean, "noise": ex.noise}
+        paths = {n: paths[n] for n in names}
+        lengths = {n: _n_samples(path, p.sample_rate) for n, path in paths.items()}
+        if len(set(lengths.values())) != 1:
+            raise utils.PipelineError(
+                f"{ex.noisy}: lengths differ from its partners in {manifest.name} "
+                + ", ".join(f"{n}={v}" for n, v in lengths.items())
+            )
+        n_samples, n_frames = lengths["noisy"], p.n_frames(lengths["noisy"])
+        rows.append(
+            {
+                "row": i,
+                "manifest_index": ex.manifest_index,
+                "offset": offset,
+                "n_frames": n_frames,
+                "n_samples": n_samples,
+                "noisy": ex.noisy.resolve(),
+                "clean": ex.clean.resolve(),
+                "noise": ex.noise.resolve() if ex.noise else "",
+                "snr_db": ex.snr_db,
+            }
+        )
+        tasks.append((offset, n_samples, {n: str(path) for n, path in paths.items()}))
+        offset += n_frames
+
+    tmp = target.with_name(f"{target.name}.{os.getpid()}{_TMP_SUFFIX}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name in names:  # allocate on disk; nothing is held in RAM
+            mm = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.complex64, (offset, p.n_bins))
+            del mm
+        workers = default_workers(len(tasks)) if workers <= 0 else workers
+        _fill_arrays(tmp, names, p, tasks, min(workers, len(tasks)), f"STFT {split}")
+        for name in names:
+            _fsync(tmp / f"{name}.npy")
+        with open(tmp / "index.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, INDEX_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        sizes = {n: (tmp / f"{n}.npy").stat().st_size for n in names}
+        meta = {
+            **expected,
+            "total_frames": offset,
+            "dtype": "complex64",
+            "bytes": {**sizes, "total": sum(sizes.values())},
+            "bytes_per_example": sum(sizes.values()) / len(rows),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        utils.save_config(cfg, tmp / "config.ini")
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    mb = meta["bytes_per_example"] / 1e6
+    print(f"{target}: {len(rows)} examples, {offset} frames, {mb:.2f} MB per example ({', '.join(names)})")
+    return target
+
+
+# ----------------------------------------------------------------------------- script
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Caches the STFT of the data-prep mixtures: reads <data_dir>/manifest_<split>.csv and writes "
+            "<stft_dir>/Training_STFT/ and Testing_STFT/ (noisy.npy, clean.npy [, noise.npy]: complex64 "
+            "(frames, bins) arrays of all examples concatenated along time; index.csv; meta.json). "
+            "Does nothing when the cache matches the current [STFT] settings, manifest and audio files; "
+            "rebuilds (saying why) otherwise. Audio files are only read."
+        ),
+        epilog="example: python STFT.py --split training --set STFT.cache_noise=true",
+    )
+    utils.add_config_args(parser)
+    parser.add_argument(
+        "--split", choices=(*SPLITS, "both"), default="both", help="which manifest to cache (default: both)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes decoding and transforming (default 0: in-process below 400 examples, else one "
+        "per core); the output does not depend on it",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    args = parser.parse_args(argv)
+    cfg = utils.config_from_args(args)
+    for split in SPLITS if args.split == "both" else (args.split,):
+        build_cache(cfg, split, workers=args.workers, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))

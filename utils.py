@@ -172,7 +172,7 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
     if not np.any(data):
         raise AudioError(path, "silent (all samples are zero)")
     if mono:
-        data = data.mean(axis=1)
+        data = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
     if sample_rate is not None and sr != sample_rate:
         data = resample(data, sr, sample_rate)
         sr = sample_rate
