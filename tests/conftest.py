@@ -97,7 +97,10 @@ def write_config(tmp_path: Path, overrides: dict | None = None) -> Path:
         "model": {"projection_units": "32", "lstm_units": "32", "lstm_layers": "1", "dense_units": "32"},
         "train": {"epochs": "1", "batch_size": "2", "validation_files": "2", "audio_examples": "1"},
     }
-    for section, values in {**tiny, **(overrides or {})}.items():
+    merged = {section: dict(values) for section, values in tiny.items()}
+    for section, values in (overrides or {}).items():  # merge key by key: keep the tiny sizes
+        merged.setdefault(section, {}).update(values)
+    for section, values in merged.items():
         if not cfg.has_section(section):
             cfg.add_section(section)
         for k, v in values.items():

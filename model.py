@@ -1,0 +1,694 @@
+"""Models (by name), the bounded complex mask, the compressed loss and the streaming step.
+
+Architectures (config `[model] architecture`):
+    causal         per-frame Dense projection of the flattened (F * C) features, a stack of
+                   unidirectional LSTMs, Dense layer(s), bounded complex mask. `lookahead_frames` = L
+                   future frames come from delaying the output: the input gets L zero frames at its
+                   end and the first L network outputs are dropped, so output frame t is network frame
+                   t + L and depends on input frames <= t + L exactly. Streaming runs the same network
+                   frame by frame, discards its first L outputs and feeds L zero frames at the end.
+    bidirectional  the same with bidirectional LSTMs (the paper's non-causal reference; L is ignored).
+    seed           the reference repo's stack (convs 1x7, 7x1, 5x5 dilated in time by 1..16, 1x1 to 8,
+                   BLSTM 1023, Dense 873 relu, Dense 514), corrected: compressed features in, bounded
+                   complex mask applied as a true complex product. Non-causal.
+
+Bounded complex mask: the network emits z = (a, b) per bin and the mask is
+    M = z * mask_bound * tanh(r) / r,   r = sqrt(a^2 + b^2 + eps)
+i.e. phase angle(z) (free), magnitude mask_bound * tanh(|z|) (< mask_bound, smooth at z = 0). The
+output layer starts with a small kernel and the bias a = atanh(1 / mask_bound) (clipped), so the initial
+mask is close to 1 everywhere (S_hat ~ X) with some spread: neither zero nor saturated.
+
+Run `python model.py --summary [--config FILE] [--set model.architecture=seed]` for parameter and
+multiply-add counts and the algorithmic latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import STFT
+import utils
+
+utils.quiet_tensorflow()
+import keras  # noqa: E402  (after quiet_tensorflow)
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+ARCHITECTURES = ("causal", "bidirectional", "seed")
+WEIGHTS_FILE = "model.weights.h5"
+CONFIG_FILE = "config.ini"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    architecture: str = "causal"
+    lookahead_frames: int = 0
+    projection_units: int = 256
+    lstm_units: int = 256
+    lstm_layers: int = 2
+    dense_units: int = 256
+    dense_layers: int = 1
+    mask_bound: float = 2.0
+    seed_conv_filters: int = 32
+    seed_blstm_units: int = 1023
+    seed_dense_units: int = 873
+    xla_lstm: bool = True
+
+    @classmethod
+    def from_config(cls, cfg) -> ModelParams:
+        m = cfg["model"] if cfg.has_section("model") else {}
+        d = cls()
+        kw = {"architecture": str(m.get("architecture", d.architecture)).strip().lower()}
+        for name in cls.__dataclass_fields__:
+            if name == "architecture":
+                continue
+            default = getattr(d, name)
+            raw = m.get(name, str(default))
+            if isinstance(default, bool):
+                kw[name] = _boolean(raw, f"{_source(cfg)}: [model] {name}")
+                continue
+            try:
+                kw[name] = type(default)(str(raw).strip())
+            except ValueError as e:
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise utils.PipelineError(f"{_source(cfg)}: [model] {name}={raw!r} is not {kind}") from e
+        p = cls(**kw)
+        p.validate(cfg)
+        return p
+
+    def validate(self, cfg=None) -> None:
+        src = _source(cfg)
+        if self.architecture not in ARCHITECTURES:
+            raise utils.PipelineError(
+                f"{src}: [model] architecture={self.architecture!r}: expected one of "
+                + ", ".join(ARCHITECTURES)
+            )
+        if self.lookahead_frames < 0:
+            raise utils.PipelineError(f"{src}: [model] lookahead_frames must be >= 0")
+        if self.mask_bound <= 0:
+            raise utils.PipelineError(f"{src}: [model] mask_bound must be > 0")
+        sizes = ("projection_units", "lstm_units", "lstm_layers", "dense_units", "seed_conv_filters")
+        for name in sizes + ("seed_blstm_units", "seed_dense_units"):
+            if getattr(self, name) < 1:
+                raise utils.PipelineError(f"{src}: [model] {name} must be >= 1")
+        if self.dense_layers < 0:
+            raise utils.PipelineError(f"{src}: [model] dense_layers must be >= 0")
+
+    @property
+    def causal(self) -> bool:
+        return self.architecture == "causal"
+
+
+def _boolean(raw, what: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in configparser.ConfigParser.BOOLEAN_STATES:
+        raise utils.PipelineError(f"{what}={raw!r}: expected true or false")
+    return configparser.ConfigParser.BOOLEAN_STATES[value]
+
+
+def _source(cfg) -> str:
+    return Path(getattr(cfg, "source", "config.ini")).name if cfg is not None else "model.py"
+
+
+def _signal_params(cfg) -> tuple[STFT.StftParams, STFT.FeatureParams]:
+    return STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+
+
+def feature_shape(cfg) -> tuple[int, int]:
+    """(F, C): frequency bins and feature channels the model expects per frame."""
+    sp, fp = _signal_params(cfg)
+    return sp.n_bins, fp.channels
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+@keras.saving.register_keras_serializable(package="se")
+class BoundedComplexMask(layers.Layer):
+    """(..., F, 2) logits z = (a, b) -> mask z * bound * tanh(r) / r with r = sqrt(a^2 + b^2 + eps)."""
+
+    def __init__(self, bound: float = 2.0, eps: float = 1e-8, **kwargs):
+        super().__init__(**kwargs)
+        self.bound, self.eps = float(bound), float(eps)
+
+    def call(self, z):
+        r = ops.sqrt(ops.sum(ops.square(z), axis=-1, keepdims=True) + self.eps)
+        return z * (self.bound * ops.tanh(r) / r)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "bound": self.bound, "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="se")
+class TimePad(layers.Layer):
+    """Appends `frames` zero frames on the time axis (axis 1): the lookahead's future of the last frame."""
+
+    def __init__(self, frames: int, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = int(frames)
+
+    def call(self, x):
+        pad = [[0, 0], [0, self.frames]] + [[0, 0]] * (len(x.shape) - 2)
+        return ops.pad(x, pad)
+
+    def compute_output_shape(self, s):
+        return (s[0], None if s[1] is None else s[1] + self.frames, *s[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.frames}
+
+
+@keras.saving.register_keras_serializable(package="se")
+class TimeDrop(layers.Layer):
+    """Drops the first `frames` frames (axis 1): output t becomes network frame t + frames."""
+
+    def __init__(self, frames: int, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = int(frames)
+
+    def call(self, x):
+        return x[:, self.frames :]
+
+    def compute_output_shape(self, s):
+        return (s[0], None if s[1] is None else s[1] - self.frames, *s[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.frames}
+
+
+def _lstm_forward(z, h0, c0, U):
+    """LSTM recurrence over time-major pre-activations z = x @ W + b (T, B, 4u), Keras gate order
+    (i, f, c, o), sigmoid / tanh. Returns hs, cs and the gate values the backward pass needs."""
+
+    def step(carry, z_t):
+        g = z_t + tf.matmul(carry[0], U)
+        i, f, cand, o = tf.split(g, 4, axis=-1)
+        i, f, o, cand = tf.sigmoid(i), tf.sigmoid(f), tf.sigmoid(o), tf.tanh(cand)
+        c = f * carry[1] + i * cand
+        tc = tf.tanh(c)
+        return (o * tc, c, i, f, cand, o, tc)
+
+    zeros = tf.zeros_like(h0)
+    return tf.scan(step, z, initializer=(h0, c0, zeros, zeros, zeros, zeros, zeros))
+
+
+def _lstm_backward(dhs, dc_last, h0, c0, hs, cs, i, f, cand, o, tc, U):
+    """Backward of _lstm_forward: a reverse scan that only carries dh, dc and emits dz per step; the
+    recurrent kernel's gradient is one matmul over all steps (not a per-step accumulation)."""
+    units = tf.shape(h0)[-1]  # dynamic: a reduce_retracing trace may not know the static size
+    c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
+
+    def step(carry, elems):
+        dh_t, i_t, f_t, cand_t, o_t, tc_t, cp_t = elems
+        dh = dh_t + carry[0]
+        dc = carry[1] + dh * o_t * (1 - tc_t * tc_t)
+        dz = tf.concat(
+            [
+                dc * cand_t * i_t * (1 - i_t),
+                dc * cp_t * f_t * (1 - f_t),
+                dc * i_t * (1 - cand_t * cand_t),
+                dh * tc_t * o_t * (1 - o_t),
+            ],
+            axis=-1,
+        )
+        return (tf.matmul(dz, U, transpose_b=True), dc * f_t, dz)
+
+    init = (tf.zeros_like(h0), dc_last, tf.zeros([tf.shape(h0)[0], 4 * units], h0.dtype))
+    dh0, dc0, dz = tf.scan(step, (dhs, i, f, cand, o, tc, c_prev), initializer=init, reverse=True)
+    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+    dU = tf.matmul(tf.reshape(h_prev, [-1, units]), tf.reshape(dz, [-1, 4 * units]), transpose_a=True)
+    return dz, dh0[0], dc0[0], dU
+
+
+# XLA fuses the ~20 small element-wise ops of each step: ~3x less CPU per training step. Compiled once
+# per (T, B) shape, so it is used for training (fixed crops) only; inference keeps T fully dynamic.
+_lstm_forward_xla = tf.function(_lstm_forward, jit_compile=True, autograph=False, reduce_retracing=True)
+_lstm_backward_xla = tf.function(_lstm_backward, jit_compile=True, autograph=False, reduce_retracing=True)
+
+
+def _lstm_train_scan(z, h0, c0, U):
+    """(hs (T, B, u), c_last) with a hand-written gradient; both loops XLA-compiled."""
+
+    # The compiled calls get stop_gradient'ed inputs so that no tape records them (their own autodiff
+    # through XLA loops is unsupported, and custom_gradient supplies the gradient anyway).
+    stop = tf.nest.map_structure
+
+    @tf.custom_gradient
+    def run(z, h0, c0, U):
+        hs, cs, *gates = _lstm_forward_xla(*stop(tf.stop_gradient, (z, h0, c0, U)))
+
+        def grad(dhs, dc_last):
+            dhs = tf.zeros_like(hs) if dhs is None else dhs
+            dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
+            args = stop(tf.stop_gradient, (dhs, dc_last, h0, c0, hs, cs, *gates, U))
+            return _lstm_backward_xla(*args)
+
+        return (hs, cs[-1]), grad
+
+    return run(z, h0, c0, U)
+
+
+def _lstm_infer_scan(z, h0, c0, U):
+    """(hs (T, B, u), c_last): the lean forward loop (no saved gates), any T without recompiling."""
+
+    def step(carry, z_t):
+        i, f, cand, o = tf.split(z_t + tf.matmul(carry[0], U), 4, axis=-1)
+        c = tf.sigmoid(f) * carry[1] + tf.sigmoid(i) * tf.tanh(cand)
+        return (tf.sigmoid(o) * tf.tanh(c), c)
+
+    hs, cs = tf.scan(step, z, initializer=(h0, c0))
+    return hs, cs[-1]
+
+
+@keras.saving.register_keras_serializable(package="se")
+class FastLSTM(layers.LSTM):
+    """keras LSTM (same weights, same cell, same results) with a faster CPU loop.
+
+    Stock Keras multiplies each step's input by the kernel inside the time loop and lets autodiff
+    accumulate the recurrent kernel's gradient step by step. Here x @ W + b is one matmul over all
+    frames, the loop only does h @ U, and in training the loop and its hand-written backward are
+    XLA-compiled (`xla=True`). Falls back to Keras' own loop for masks, dropout, non-default
+    activations and GPUs (cuDNN). `self.cell` is the standard LSTMCell, so the streaming step calls it
+    directly (the cell is renamed after the layer so a step model calling several cells has unique
+    operation names).
+    """
+
+    def __init__(self, units, xla: bool = True, **kwargs):
+        super().__init__(units, **kwargs)
+        self.xla = bool(xla)
+        self.cell.name = f"{self.name}_cell"
+
+    def get_config(self):
+        return {**super().get_config(), "xla": self.xla}
+
+    def _fast_path(self, mask, training) -> bool:
+        cell = self.cell
+        gpu = self.use_cudnn in ("auto", True) and bool(tf.config.list_logical_devices("GPU"))
+        dropout = training and (self.dropout or self.recurrent_dropout)
+        default_acts = cell.activation is keras.activations.tanh and (
+            cell.recurrent_activation is keras.activations.sigmoid
+        )
+        return mask is None and not gpu and not dropout and not self.unroll and default_acts and cell.use_bias
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self._fast_path(mask, training):
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+        cell = self.cell
+        z = tf.transpose(tf.matmul(sequences, cell.kernel) + cell.bias, [1, 0, 2])  # time-major
+        if self.go_backwards:  # Keras semantics: process reversed, emit in processing order
+            z = tf.reverse(z, [0])
+        scan = _lstm_train_scan if (training and self.xla) else _lstm_infer_scan
+        hs, c_last = scan(z, initial_state[0], initial_state[1], tf.convert_to_tensor(cell.recurrent_kernel))
+        h_last = hs[-1]
+        outputs = tf.transpose(hs, [1, 0, 2]) if self.return_sequences else h_last
+        return h_last, outputs, [h_last, c_last]
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _mask_head(x, p: ModelParams, n_bins: int):
+    """Linear (a, b) logits per bin -> bounded complex mask (B, T, F, 2)."""
+    x = layers.Dense(
+        2 * n_bins,
+        name="mask_logits",
+        kernel_initializer=keras.initializers.VarianceScaling(0.1, "fan_avg", "uniform", seed=1),
+    )(x)
+    x = layers.Reshape((-1, n_bins, 2), name="to_bins")(x)
+    return BoundedComplexMask(p.mask_bound, name="mask")(x)
+
+
+def _init_mask_bias(model: keras.Model, p: ModelParams) -> None:
+    """Sets the real logit's bias so that the initial |mask| ~ 1 (capped below saturation)."""
+    layer = model.get_layer("mask_logits")
+    a0 = math.atanh(min(1.0 / p.mask_bound, 0.9))
+    bias = np.zeros(layer.bias.shape, np.float32)
+    bias[0::2] = a0  # (F, 2) layout: even entries are the real parts
+    layer.bias.assign(bias)
+
+
+def _recurrent_stack(x, p: ModelParams, bidirectional: bool):
+    for i in range(p.lstm_layers):
+        if bidirectional:
+            x = layers.Bidirectional(
+                FastLSTM(p.lstm_units, xla=p.xla_lstm, return_sequences=True), name=f"blstm_{i}"
+            )(x)
+        else:
+            x = FastLSTM(p.lstm_units, xla=p.xla_lstm, return_sequences=True, name=f"lstm_{i}")(x)
+    return x
+
+
+def _build_recurrent(p: ModelParams, n_bins: int, channels: int) -> keras.Model:
+    inp = keras.Input((None, n_bins, channels), name="features")
+    lookahead = p.lookahead_frames if p.causal else 0
+    x = TimePad(lookahead, name="lookahead_pad")(inp) if lookahead else inp
+    x = layers.Reshape((-1, n_bins * channels), name="flatten_bins")(x)
+    x = layers.Dense(p.projection_units, activation="relu", name="projection")(x)
+    x = _recurrent_stack(x, p, bidirectional=not p.causal)
+    if lookahead:
+        x = TimeDrop(lookahead, name="lookahead_drop")(x)
+    for i in range(p.dense_layers):
+        x = layers.Dense(p.dense_units, activation="relu", name=f"dense_{i}")(x)
+    return keras.Model(inp, _mask_head(x, p, n_bins), name=p.architecture)
+
+
+def _build_seed(p: ModelParams, n_bins: int, channels: int) -> keras.Model:
+    inp = keras.Input((None, n_bins, channels), name="features")
+    x = inp
+    convs = [((1, 7), (1, 1)), ((7, 1), (1, 1))] + [((5, 5), (d, 1)) for d in (1, 2, 4, 8, 16)]
+    for i, (kernel, dilation) in enumerate(convs):
+        x = layers.Conv2D(
+            p.seed_conv_filters,
+            kernel,
+            padding="same",
+            dilation_rate=dilation,
+            activation="relu",
+            name=f"conv_{i}",
+        )(x)
+    x = layers.Conv2D(8, 1, activation="relu", name=f"conv_{len(convs)}")(x)
+    # The seed concatenated channel after channel along frequency: (T, F, 8) -> (T, 8, F) -> (T, 8F).
+    x = layers.Permute((1, 3, 2), name="channels_first")(x)
+    x = layers.Reshape((-1, 8 * n_bins), name="flatten_bins")(x)
+    x = layers.Bidirectional(
+        FastLSTM(p.seed_blstm_units, xla=p.xla_lstm, return_sequences=True), name="blstm_0"
+    )(x)
+    x = layers.Dense(p.seed_dense_units, activation="relu", name="dense_0")(x)
+    return keras.Model(inp, _mask_head(x, p, n_bins), name="seed")
+
+
+def build_model(cfg) -> keras.Model:
+    """Features (B, T, F, C) float32 -> bounded complex mask (B, T, F, 2) float32; T is dynamic."""
+    p = ModelParams.from_config(cfg)
+    n_bins, channels = feature_shape(cfg)
+    builder = _build_seed if p.architecture == "seed" else _build_recurrent
+    model = builder(p, n_bins, channels)
+    _init_mask_bias(model, p)
+    return model
+
+
+# ----------------------------------------------------------------------------- mask and loss
+
+
+def apply_mask(X, M):
+    """True complex product S_hat = (M_re + j M_im) * X with the UNCOMPRESSED noisy STFT X (B, T, F)."""
+    X = tf.convert_to_tensor(X, tf.complex64)
+    M = tf.convert_to_tensor(M, tf.float32)
+    return tf.complex(M[..., 0], M[..., 1]) * X
+
+
+def _compressed_parts(S, power: float, eps: float):
+    """(|S|^p, Re S_c, Im S_c) with |S| = sqrt(re^2 + im^2 + eps): smooth, finite gradient at S = 0."""
+    re, im = tf.math.real(S), tf.math.imag(S)
+    mag2 = re * re + im * im + eps
+    mag_p = tf.pow(mag2, power / 2)
+    scale = tf.pow(mag2, (power - 1) / 2)  # |S|^p / |S|
+    return mag_p, re * scale, im * scale
+
+
+def compressed_loss(S, S_hat, power: float = 0.3, lam: float = 0.113, eps: float = 1e-8, mask=None):
+    """Wilson et al.: mean(| |S|^p - |S_hat|^p |^2) + lam * mean(|S_c - S_hat_c|^2), a tf.float32 scalar.
+
+    S, S_hat: complex (B, T, F). `mask` (B, T) (1 = valid frame, 0 = padding) turns both means into
+    weighted means over the valid frames, so padded batches give the loss of their real content.
+    """
+    S = tf.convert_to_tensor(S, tf.complex64)
+    S_hat = tf.convert_to_tensor(S_hat, tf.complex64)
+    m, re, im = _compressed_parts(S, power, eps)
+    m_hat, re_hat, im_hat = _compressed_parts(S_hat, power, eps)
+    per_bin = tf.square(m - m_hat) + lam * (tf.square(re - re_hat) + tf.square(im - im_hat))
+    if mask is None:
+        return tf.reduce_mean(per_bin)
+    w = tf.cast(tf.convert_to_tensor(mask), tf.float32)[..., None]
+    total = tf.reduce_sum(w) * tf.cast(tf.shape(per_bin)[-1], tf.float32)
+    return tf.reduce_sum(per_bin * w) / tf.maximum(total, 1.0)
+
+
+def loss_from_config(cfg):
+    """compressed_loss with [loss] power / lam / epsilon: callable(S, S_hat, mask=None)."""
+    s = cfg["loss"] if cfg.has_section("loss") else {}
+    power = float(s.get("power", 0.3))
+    lam = float(s.get("lam", 0.113))
+    eps = float(s.get("epsilon", 1e-8))
+
+    def loss(S, S_hat, mask=None):
+        return compressed_loss(S, S_hat, power, lam, eps, mask)
+
+    return loss
+
+
+# ----------------------------------------------------------------------------- inference
+
+_MASK_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mask_function(model: keras.Model):
+    """A cached tf.function features (B, T, F, C) -> mask, traced once for any B and T."""
+    fn = _MASK_FNS.get(model)
+    if fn is None:
+        spec = tf.TensorSpec([None, None, *model.input_shape[2:]], tf.float32)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _MASK_FNS[model] = fn
+    return fn
+
+
+def enhance_spectrogram(model: keras.Model, X, cfg) -> np.ndarray:
+    """numpy noisy STFT (T, F) or (B, T, F) -> enhanced STFT S_hat (same shape) complex64."""
+    sp, fp = _signal_params(cfg)
+    X = np.asarray(X, dtype=np.complex64)
+    if X.ndim not in (2, 3) or X.shape[-1] != sp.n_bins:
+        raise utils.PipelineError(
+            f"model.py: expected a (T, {sp.n_bins}) or (B, T, {sp.n_bins}) STFT, got {X.shape}"
+        )
+    single = X.ndim == 2
+    Xb = X[None] if single else X
+    mask = mask_function(model)(tf.constant(STFT.features(Xb, fp, sp)))
+    S_hat = apply_mask(tf.constant(Xb), mask).numpy()
+    return S_hat[0] if single else S_hat
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_trained(model: keras.Model, cfg, folder) -> None:
+    """Writes folder/model.weights.h5 and folder/config.ini, each via a temp file + rename.
+
+    The weights are replaced first and the config last, so a crash leaves either the old pair or the
+    new weights with the old config only when both describe the same architecture (a retrain).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".weights.h5", dir=folder)
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, folder / WEIGHTS_FILE)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    utils.save_config(cfg, folder / CONFIG_FILE)
+
+
+def load_trained(folder) -> tuple[keras.Model, configparser.ConfigParser]:
+    """Rebuilds the model from folder/config.ini with build_model and loads folder/model.weights.h5."""
+    folder = Path(folder)
+    weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    for f in (weights, config):
+        if not f.is_file():
+            raise utils.PipelineError(f"{f}: not found (expected a folder written by save_trained)")
+    cfg = utils.load_config(config)
+    model = build_model(cfg)
+    try:
+        model.load_weights(weights)
+    except ValueError as e:
+        raise utils.PipelineError(f"{weights}: does not match the model in {config} ({e})") from e
+    return model, cfg
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def _require_causal(cfg) -> ModelParams:
+    p = ModelParams.from_config(cfg)
+    if not p.causal:
+        raise utils.PipelineError(
+            f"model.py: streaming needs [model] architecture=causal "
+            f"(got {p.architecture}, which sees the future)"
+        )
+    return p
+
+
+def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
+    """One 10-ms step of a causal model, sharing its layers (and weights), for streaming and TFLite.
+
+    Inputs  [frame (1, F, C), h_0, c_0, h_1, c_1, ...] (each state (1, lstm_units))
+    Outputs [mask (1, F, 2), h_0', c_0', ...]           (network frame n for input frame n)
+    Lookahead L is handled outside, as StreamingMask does: discard the first L masks (mask n is
+    output frame n - L) and at the end of a stream feed L zero frames to emit the last L masks. Start
+    with all-zero states (what Keras uses for a whole clip). Feature frame n is STFT.features(X)[n],
+    which needs X[n - 1] for the delta phase (zero phase advance at n = 0).
+    Converts with tf.lite.TFLiteConverter.from_keras_model: signature inputs frame, h_0, c_0, ...;
+    outputs output_0 (mask), output_1... (new states in the input order).
+    """
+    p = _require_causal(cfg)
+    n_bins, channels = feature_shape(cfg)
+    frame = keras.Input(batch_shape=(1, n_bins, channels), name="frame")
+    states = []
+    for i in range(p.lstm_layers):
+        states += [keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}") for s in ("h", "c")]
+    x = layers.Reshape((n_bins * channels,), name="step_flatten")(frame)
+    x = model.get_layer("projection")(x)
+    new_states = []
+    for i in range(p.lstm_layers):
+        x, (h, c) = model.get_layer(f"lstm_{i}").cell(x, [states[2 * i], states[2 * i + 1]])
+        new_states += [h, c]
+    for i in range(p.dense_layers):
+        x = model.get_layer(f"dense_{i}")(x)
+    z = layers.Reshape((n_bins, 2), name="step_to_bins")(model.get_layer("mask_logits")(x))
+    mask = model.get_layer("mask")(z)
+    return keras.Model([frame, *states], [mask, *new_states], name="streaming_step")
+
+
+class StreamingMask:
+    """Frame-by-frame masks of a causal model, equal to the whole-clip output (to float rounding).
+
+    step(frame (F, C) float32) -> mask (F, 2) for input frame n - L, or None while the first L frames
+    (the lookahead) fill; flush() feeds L zero frames, exactly like the whole-clip padding, returns the
+    remaining masks and resets. The LSTM states (h, c per layer) are carried explicitly between calls
+    of one tf.function with a fixed signature: ~0.4 ms per 10-ms frame on one core for the default
+    model (bench/bench_model.py), mostly call overhead.
+    """
+
+    def __init__(self, model: keras.Model, cfg):
+        p = _require_causal(cfg)
+        self.lookahead = p.lookahead_frames
+        self.n_bins, self.channels = feature_shape(cfg)
+        self.step_model = streaming_step_model(model, cfg)
+        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
+        state_specs = tuple(tf.TensorSpec(s, tf.float32) for s in self._state_shapes)
+        frame_spec = tf.TensorSpec((self.n_bins, self.channels), tf.float32)
+        self._fn = tf.function(self._step_graph, input_signature=[frame_spec, state_specs])
+        self.reset()
+
+    def _step_graph(self, frame, states):
+        out = self.step_model([frame[None], *states], training=False)
+        return out[0][0], tuple(out[1:])
+
+    def reset(self) -> None:
+        self.states = tuple(tf.zeros(s, tf.float32) for s in self._state_shapes)
+        self.frames_in = 0  # network frames run so far (real + flushed)
+
+    def step(self, frame) -> np.ndarray | None:
+        mask, self.states = self._fn(tf.constant(np.asarray(frame, np.float32)), self.states)
+        n = self.frames_in
+        self.frames_in += 1
+        return mask.numpy() if n >= self.lookahead else None
+
+    def flush(self) -> list[np.ndarray]:
+        zero = np.zeros((self.n_bins, self.channels), np.float32)
+        masks = [self.step(zero) for _ in range(self.lookahead)]
+        self.reset()
+        return [m for m in masks if m is not None]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def algorithmic_latency_ms(cfg) -> float:
+    """Window length + lookahead * hop in ms (25 + 10 L by default); inf for non-causal models."""
+    sp, _ = _signal_params(cfg)
+    p = ModelParams.from_config(cfg)
+    if not p.causal:
+        return math.inf
+    return 1000.0 * (sp.win_length + p.lookahead_frames * sp.hop) / sp.sample_rate
+
+
+def _layer_macs(layer) -> int:
+    if isinstance(layer, layers.Bidirectional):
+        return _layer_macs(layer.forward_layer) + _layer_macs(layer.backward_layer)
+    if isinstance(layer, layers.LSTM):
+        return int(np.prod(layer.cell.kernel.shape) + np.prod(layer.cell.recurrent_kernel.shape))
+    if isinstance(layer, layers.Conv2D):  # per frame: every output bin of one frame
+        return int(np.prod(layer.kernel.shape)) * int(layer.output.shape[2])
+    if isinstance(layer, layers.Dense):
+        return int(np.prod(layer.kernel.shape))
+    return 0
+
+
+def count_macs_per_frame(model_or_cfg) -> int:
+    """Approximate multiply-adds per 10-ms frame (Dense, LSTM and conv weights; elementwise ops ignored)."""
+    model = build_model(model_or_cfg) if isinstance(model_or_cfg, configparser.ConfigParser) else model_or_cfg
+    return sum(_layer_macs(layer) for layer in model.layers)
+
+
+def summary(cfg) -> dict:
+    p = ModelParams.from_config(cfg)
+    model = build_model(cfg)
+    sp, _ = _signal_params(cfg)
+    macs = count_macs_per_frame(model)
+    return {
+        "architecture": p.architecture,
+        "causal": p.causal,
+        "lookahead_frames": p.lookahead_frames if p.causal else None,
+        "parameters": int(model.count_params()),
+        "macs_per_frame": macs,
+        "macs_per_second": macs * sp.sample_rate / sp.hop,
+        "algorithmic_latency_ms": algorithmic_latency_ms(cfg),
+        "mask_bound": p.mask_bound,
+        "input_shape": tuple(model.input_shape[1:]),
+        "model": model,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Model figures: parameters, multiply-adds per 10-ms frame and algorithmic latency of the "
+        "model that config.ini ([model], [features], [STFT]) describes.",
+        epilog="example: python model.py --summary --set model.architecture=seed",
+    )
+    utils.add_config_args(parser)
+    parser.add_argument("--summary", action="store_true", help="print the model's figures")
+    parser.add_argument("--layers", action="store_true", help="also print the Keras layer table")
+    args = parser.parse_args(argv)
+    if not (args.summary or args.layers):
+        parser.print_help()
+        return 0
+    cfg = utils.config_from_args(args)
+    s = summary(cfg)
+    if args.layers:
+        s["model"].summary()
+    kind = f"causal, lookahead {s['lookahead_frames']} frames" if s["causal"] else "non-causal"
+    lat = s["algorithmic_latency_ms"]
+    print(f"architecture:          {s['architecture']} ({kind})")
+    print(
+        f"input -> output:       (T, {s['input_shape'][1]}, {s['input_shape'][2]}) features -> "
+        f"(T, {s['input_shape'][1]}, 2) complex mask, |mask| <= {s['mask_bound']:g}"
+    )
+    print(f"parameters:            {s['parameters']:,}")
+    print(f"multiply-adds / frame: {s['macs_per_frame'] / 1e6:.3f} M ({s['macs_per_second'] / 1e6:.0f} M/s)")
+    print(
+        "algorithmic latency:   "
+        + (f"{lat:.1f} ms" if math.isfinite(lat) else "unbounded (needs the whole clip)")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))
