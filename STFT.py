@@ -2,15 +2,17 @@
 
 Framing (causal, streaming-compatible, never centred):
     frame t covers input samples [t*hop - (win - hop), t*hop + hop): the signal is preceded by
-    win - hop zeros (the past of a stream that starts in silence) and its end is zero-padded to a
-    whole hop. A clip of N samples gives T = ceil(N / hop) frames, and frame t depends only on
-    samples < (t + 1) * hop, so features are causal. The periodic Hann window (400 samples) is
-    zero-padded to n_fft = 512 at its end (as tf.signal.stft does) -> 257 bins.
+    win - hop zeros (the past of a stream that starts in silence), so frame t depends only on
+    samples < (t + 1) * hop and features are causal. A clip of N samples gives
+    T = ceil((N + win - hop) / hop) frames: the frames a stream emits until its last sample has
+    passed through every window that covers it (the end is zero-padded, like flushing a stream).
+    Without those flush frames the last samples would be seen only by the near-zero tail of the
+    last window, and any mask applied there would be amplified ~1e8 times by the iSTFT
+    normalisation. The periodic Hann window (400 samples) is zero-padded to n_fft = 512 at its
+    end (as tf.signal.stft does) -> 257 bins.
 iSTFT: weighted overlap-add (synthesis window = analysis window) divided by the summed squared
-    window, which is > 0 for every output sample, so STFT -> iSTFT is exact up to float error
-    everywhere, edges included (the last few samples of a clip whose length is a multiple of hop
-    are covered only by the tail of the last window, so float32 error is amplified there by 1/w,
-    to ~1e-3 of the signal level on one or two samples).
+    window; every output sample of the clip sees the full overlap (sum >= 0.5), so STFT -> iSTFT
+    is exact up to float error everywhere, edges included, and masks cannot blow up at the end.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class StftParams:
         return self.win_length - self.hop
 
     def n_frames(self, n_samples: int) -> int:
-        return math.ceil(n_samples / self.hop)
+        return math.ceil((n_samples + self.pad_front) / self.hop)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def window(p: StftParams) -> np.ndarray:
 
 
 def stft(x: np.ndarray, p: StftParams = StftParams()) -> np.ndarray:
-    """(..., N) float -> (..., T, F) complex64 with T = ceil(N / hop)."""
+    """(..., N) float -> (..., T, F) complex64 with T = ceil((N + win - hop) / hop)."""
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[-1]
     t = p.n_frames(n)
@@ -194,7 +196,7 @@ def stft_tf(x, p: StftParams = StftParams()):
     tf = _tf()
     x = tf.convert_to_tensor(x, tf.float32)
     n = tf.shape(x)[-1]
-    t = (n + p.hop - 1) // p.hop
+    t = (n + p.pad_front + p.hop - 1) // p.hop
     rank = tf.rank(x)
     pads = tf.concat([tf.zeros([rank - 1, 2], tf.int32), [[p.pad_front, t * p.hop - n]]], axis=0)
     xp = tf.pad(x, pads)
