@@ -8,8 +8,7 @@ What is scored, per test mixture of <data_dir>/manifest_testing.csv, always on w
 TRUE clean wav (DESIGN.md section 3):
   noisy       the input itself (the floor every system must beat)
   model       istft(M * X) with M the model's own complex mask on the noisy STFT X (never the clean
-              phase, never the model applied to clean speech); the input gets win - hop zeros at its
-              end so its last samples are covered by whole windows (see pad_end)
+              phase, never the model applied to clean speech)
   oracle_irm  ideal ratio mask sqrt(|S|^2 / (|S|^2 + |N|^2)) (Wang et al. 2014), noisy phase
   oracle_psm  phase-sensitive mask |S|/|X| cos(angle S - angle X) = Re(S X*) / |X|^2, clipped to
               [0, mask_bound] (Erdogan et al. 2015)
@@ -82,21 +81,10 @@ def oracle_mask(
     raise ValueError(f"unknown oracle {kind!r}; choose from {ORACLES}")
 
 
-def pad_end(x: np.ndarray, p: STFT.StftParams) -> np.ndarray:
-    """Appends win - hop zeros so that every real sample is covered by whole analysis windows.
-
-    Without it the last samples are covered only by the tail of the last frame's window (w[399]^2
-    ~ 4e-9), and the iSTFT's normalisation by the summed squared window amplifies any change made to
-    that frame by up to ~1e8 (a clipped oracle mask gave -7 dB SI-SDR instead of +32 dB). Callers
-    trim the output back to the input length; frames before the padding are unchanged (causal).
-    """
-    return np.pad(np.asarray(x, np.float32), [(0, 0)] * (np.ndim(x) - 1) + [(0, p.pad_front)])
-
-
 def oracle_estimates(kinds, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> dict:
     """Waveforms of the oracle-masked noisy input, istft(M * X), one per kind, length of `noisy`."""
-    S, N, X = (STFT.stft(pad_end(x, p), p) for x in (clean, noise, noisy))
-    return {k: STFT.istft(oracle_mask(k, S, N, X, bound) * X, p)[: len(noisy)] for k in kinds}
+    S, N, X = (STFT.stft(x, p) for x in (clean, noise, noisy))
+    return {k: STFT.istft(oracle_mask(k, S, N, X, bound) * X, p, len(noisy)) for k in kinds}
 
 
 def oracle_estimate(kind, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> np.ndarray:
@@ -331,9 +319,9 @@ def _model_outputs(loaded, tasks, sr, p, batch_size):
     model_lib, net, mcfg = loaded
 
     def flush(batch):
-        X = np.stack([STFT.stft(pad_end(x, p), p) for _, x in batch])
+        X = np.stack([STFT.stft(x, p) for _, x in batch])
         S_hat = np.asarray(model_lib.enhance_spectrogram(net, X, mcfg))
-        ys = STFT.istft(S_hat, p)[:, : len(batch[0][1])]
+        ys = STFT.istft(S_hat, p, len(batch[0][1]))
         for (task, _), y in zip(batch, ys, strict=True):
             yield task, y.astype(np.float32), None
 
