@@ -1,0 +1,242 @@
+"""Benchmarks enhance.py / export.py on ONE CPU core: real-time factors, per-frame latency, peak memory.
+
+    nice .venv/bin/python bench/bench_enhance.py [--model cp/NAME/best] [--seconds 60] [--long-minutes 10]
+
+Every measurement runs in a fresh process pinned to one core (sched_setaffinity) with TensorFlow set to
+1 intra-op and 1 inter-op thread and LiteRT to 1 thread:
+  offline Keras      enhance_file on a --seconds file: chunked ([enhance] chunk_seconds), state carried
+  streaming Keras    model.StreamingMask frame by frame: one process() call per 10-ms block of input
+  streaming TFLite   the exported step (float32 and dynamic-range int8) through LiteRT, frame by frame
+For streaming, the per-frame latency is the wall time of each 10-ms process() call (STFT, features,
+network step, complex product, overlap-add): p50 / p99 / max. Real-time factor = processing time /
+audio duration (< 1 is faster than real time).
+Peak memory: ru_maxrss of a fresh process that enhances a --long-minutes file offline (Keras, and the
+TFLite runner, which never imports TensorFlow), next to one that only imports TensorFlow, one that only
+loads the model and one that enhances the --seconds file; the growth between the two lengths is
+extrapolated linearly to a 1-hour file and printed as such (--long-minutes 60 measures it instead).
+Without --model the config's model is built with untrained weights (same cost as trained ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+
+SR = 16000
+
+
+def _signal(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like harmonics under a syllable envelope plus coloured noise (tests/conftest's stand-ins)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
+    noise = np.convolve(rng.standard_normal(len(t)), np.ones(4) / 4, mode="same")
+    return (0.3 * x * env / np.max(np.abs(x)) + 0.05 * noise).astype(np.float32)
+
+
+def _write_long(path: Path, seconds: float) -> None:
+    """Writes a long file block by block (the bench itself must not hold it in memory)."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path), "w", SR, 1, "FLOAT") as f:
+        block = _signal(60.0, 1)
+        left = int(seconds * SR)
+        while left > 0:
+            f.write(block[:left])
+            left -= len(block)
+
+
+# ----------------------------------------------------------------------------- worker (fresh process)
+
+
+def _one_core(tensorflow: bool) -> None:
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    if not tensorflow:  # the TFLite runners never import it
+        return
+    utils.quiet_tensorflow()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _maxrss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss, KiB on Linux) in MB.
+
+    The driver never imports TensorFlow and starts each worker with exec, so the figure is the worker's
+    own (Linux carries ru_maxrss across exec: a worker forked from a big parent would inherit its peak).
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _stream_timing(enhancer, x: np.ndarray) -> dict:
+    stream = enhancer.stream()
+    hop = enhancer.sp.hop
+    for i in range(0, 50 * hop, hop):  # warm-up: tracing, allocations
+        stream.process(x[i : i + hop])
+    stream.reset()
+    times = []
+    started = time.perf_counter()
+    for i in range(0, len(x), hop):
+        t0 = time.perf_counter()
+        stream.process(x[i : i + hop])
+        times.append(time.perf_counter() - t0)
+    stream.flush()
+    total = time.perf_counter() - started
+    ms = 1000 * np.array(times)
+    return {"rtf": total / (len(x) / SR), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "frames": len(ms)}  # fmt: skip
+
+
+def worker(args) -> dict:
+    _one_core(tensorflow=args.worker not in ("stream_tflite", "stream_tflite_int8", "long_tflite"))
+    import soundfile as sf
+
+    import enhance
+
+    if args.worker == "setup":  # untrained config model (if none given) and its export
+        import export
+        import model as M
+
+        if not (args.model / "model.weights.h5").is_file():
+            cfg = utils.config_from_args(args)
+            M.save_trained(M.build_model(cfg), cfg, args.model)
+        export.export(args.model, args.tflite, quantize=True)
+        _, cfg = M.load_trained(args.model)
+        s = M.summary(cfg)
+        return {k: s[k] for k in ("architecture", "parameters", "macs_per_frame", "algorithmic_latency_ms")}
+    if args.worker == "import_tf":  # _one_core imported TensorFlow: its own footprint
+        return {"maxrss_mb": _maxrss_mb()}
+    if args.worker == "load":
+        enhance.Enhancer.from_pretrained(args.model)
+        return {"maxrss_mb": _maxrss_mb()}
+    if args.worker == "long_tflite":  # the TFLite runner needs no TensorFlow at all
+        import export
+
+        enh = export.TFLiteEnhancer.from_export(args.tflite)
+        with tempfile.TemporaryDirectory() as out:
+            r = enh.enhance_file(args.file, Path(out) / "out.wav", chunk_seconds=args.chunk_seconds)
+        return {"rtf": r["rtf"], "seconds": r["seconds"], "maxrss_mb": _maxrss_mb()}
+    if args.worker == "offline":
+        enh = enhance.Enhancer.from_pretrained(args.model)
+        with tempfile.TemporaryDirectory() as out:
+            enh.enhance_file(args.file, Path(out) / "warm.wav", chunk_seconds=args.chunk_seconds)  # tracing
+            r = enh.enhance_file(args.file, Path(out) / "out.wav", chunk_seconds=args.chunk_seconds)
+        return {"rtf": r["rtf"], "seconds": r["seconds"], "maxrss_mb": _maxrss_mb()}
+    if args.worker == "long":  # one cold pass: what a user running enhance.py on a long file sees
+        enh = enhance.Enhancer.from_pretrained(args.model)
+        with tempfile.TemporaryDirectory() as out:
+            r = enh.enhance_file(args.file, Path(out) / "out.wav", chunk_seconds=args.chunk_seconds)
+        return {"rtf": r["rtf"], "seconds": r["seconds"], "maxrss_mb": _maxrss_mb()}
+    x, _ = sf.read(args.file, dtype="float32")
+    if args.worker == "stream_keras":
+        enh = enhance.Enhancer.from_pretrained(args.model)
+    else:
+        import export
+
+        enh = export.TFLiteEnhancer.from_export(args.tflite, quantized=args.worker == "stream_tflite_int8")
+    return {**_stream_timing(enh, x), "maxrss_mb": _maxrss_mb()}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _run(mode: str, model: Path, file: Path, tflite: Path, chunk_seconds: float, extra=()) -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--model", str(model), "--file", str(file),
+           "--tflite", str(tflite), "--chunk-seconds", str(chunk_seconds), *extra]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {mode} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model folder (default: untrained config model)"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="file length for the real-time factors")
+    parser.add_argument("--long-minutes", type=float, default=10.0, help="file length for the memory figure")
+    parser.add_argument("--chunk-seconds", type=float, default=None, help="default: [enhance] chunk_seconds")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tflite", type=Path, default=None, help=argparse.SUPPRESS)
+    utils.add_config_args(parser)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    cfg = utils.config_from_args(args)
+    chunk = args.chunk_seconds or cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
+    with tempfile.TemporaryDirectory(prefix="bench_enhance_") as tmp:
+        tmp = Path(tmp)
+        model_dir = args.model or tmp / "model"
+        exported = tmp / "exported"
+        sets = [f"--config={args.config}"] + [f"--set={o}" for o in args.overrides]
+        info = _run("setup", model_dir, tmp, exported, chunk, sets)
+        origin = args.model or f"{args.config} (untrained weights: same cost as trained ones)"
+        print(f"model: {info['architecture']}, {info['parameters']:,} parameters, "
+              f"{info['macs_per_frame'] / 1e6:.2f} M multiply-adds per 10-ms frame, algorithmic latency "
+              f"{info['algorithmic_latency_ms']:.0f} ms; from {origin}")  # fmt: skip
+        short, long = tmp / "short.wav", tmp / "long.wav"
+        _write_long(short, args.seconds)
+        print(
+            f"one core of {os.cpu_count()}, 1 TF intra/inter-op thread, 1 LiteRT thread, a fresh process each"
+        )
+
+        rows = [("offline Keras (chunked)", "offline"), ("streaming Keras", "stream_keras"),
+                ("streaming TFLite float32", "stream_tflite"),
+                ("streaming TFLite int8", "stream_tflite_int8")]  # fmt: skip
+        print(f"\n{args.seconds:g}-s file          real-time factor   per-frame p50 / p99 / max (ms)")
+        for label, mode in rows:
+            r = _run(mode, model_dir, short, exported, chunk)
+            lat = f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} / {r['max_ms']:.3f}" if "p50_ms" in r else "-"
+            print(f"{label:<26} {r['rtf']:>8.4f}          {lat}")
+
+        tf_only = _run("import_tf", model_dir, short, exported, chunk)
+        base = _run("load", model_dir, short, exported, chunk)
+        one = _run("long", model_dir, short, exported, chunk)
+        _write_long(long, 60 * args.long_minutes)
+        big = _run("long", model_dir, long, exported, chunk)
+        lite = _run("long_tflite", model_dir, long, exported, chunk)
+        print(f"\npeak memory (ru_maxrss of the worker), offline, chunk {chunk:g} s:")
+        print(f"  TensorFlow imported, nothing else: {tf_only['maxrss_mb']:.0f} MB")
+        print(f"  Keras, model loaded, nothing processed: {base['maxrss_mb']:.0f} MB")
+        print(f"  Keras, {args.seconds:g}-s file:  {one['maxrss_mb']:.0f} MB")
+        print(f"  Keras, {args.long_minutes:g}-min file: {big['maxrss_mb']:.0f} MB "
+              f"(real-time factor {big['rtf']:.4f}, {big['seconds']:.0f} s)")  # fmt: skip
+        print(f"  TFLite float32 (no TensorFlow), {args.long_minutes:g}-min file: {lite['maxrss_mb']:.0f} MB "
+              f"(real-time factor {lite['rtf']:.4f})")  # fmt: skip
+        if args.long_minutes >= 60:
+            return 0  # measured, nothing to extrapolate
+        if args.seconds < 2 * chunk:
+            print(f"  (1-hour extrapolation needs --seconds >= 2 chunks = {2 * chunk:g} s)")
+            return 0
+        per_min = (big["maxrss_mb"] - one["maxrss_mb"]) / max(args.long_minutes - args.seconds / 60, 1e-9)
+        hour = big["maxrss_mb"] + max(per_min, 0.0) * max(60 - args.long_minutes, 0)
+        print(f"  1-hour file: ~{hour:.0f} MB, extrapolated linearly (not measured) from the growth between "
+              f"{args.seconds:g} s and {args.long_minutes:g} min ({per_min:+.2f} MB/min)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))

@@ -1,0 +1,765 @@
+"""Denoises audio files with a trained model: offline (chunked, bounded memory) or streaming.
+
+    python enhance.py noisy.wav more/ -o out/ [--model cp/NAME/best] [--streaming] [--channels each]
+
+Inputs are files or folders (searched recursively for .wav/.flac/.ogg) in any format libsndfile reads,
+at any sample rate (resampled to the model's rate with soxr and back), mono or multichannel, of any
+length. Each output keeps its input's name (folders keep their relative layout under OUTDIR), sample
+rate and subtype (PCM_16 in -> PCM_16 out, float in -> float out), is written to a temp file and
+renamed, and never replaces an input.
+
+How a file is processed
+    causal model, offline (default): the file is read, resampled, enhanced and written in blocks of
+        [enhance] chunk_seconds. The STFT framing is causal (frame t covers samples
+        [t*hop - 240, t*hop + 160)), so a `FrameStream` keeps the last 240 input samples, the previous
+        STFT frame (delta phase), the LSTM states (a stateful whole-chunk call) and the overlap-add
+        tail across blocks: the output equals whole-file processing (to float rounding) and memory
+        does not grow with the file length.
+    causal model, --streaming: the same chain fed 10-ms blocks, the model run frame by frame with its
+        state (model.StreamingMask), exactly as a real-time system would; it equals the offline output.
+    bidirectional / seed models: they need the whole file at once; it is read into memory (no chunking
+        is possible because the network looks at the future of every frame).
+
+Latency and alignment
+    A real-time system emits an enhanced sample only when the window frame(s) that cover it have been
+    analysed and their masks computed: the algorithmic latency is the window plus the lookahead,
+    25 ms + L * 10 ms (printed with --streaming). `Enhancer.stream()` returns exactly as many samples
+    as it is given, delayed by `stream.delay` = win_length + L * hop samples (the first `delay` output
+    samples are zeros); the written files have that delay removed, so they are aligned with the input.
+
+Python API
+    enh = Enhancer.from_pretrained("cp/NAME/best")        # or Enhancer.from_pretrained() (default model)
+    clean = enh(noisy, sr)                                   # (N,) or (N, channels) at any rate
+    stream = enh.stream()                                    # real-time, at enh.sample_rate
+    out = [stream.process(chunk) for chunk in chunks]        # any chunk sizes, even 1 sample
+    out.append(stream.flush())                               # concat(out)[stream.delay:] == enh(x)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+import STFT
+import utils
+
+# ----------------------------------------------------------------------------- mask runners
+# A runner turns feature frames into mask frames for a FrameStream, oldest first:
+#   push(features (k, F, C)) -> masks (m, F, 2) for the oldest frames whose mask is now known
+#   flush() -> masks of every remaining frame (feeds the lookahead's zero frames), then resets
+#   reset()
+# With lookahead L the network's output n is the mask of frame n - L: the first L outputs are dropped and
+# L zero frames are fed at the end, exactly as model.build_model pads and crops a whole clip.
+
+
+class KerasFrameRunner:
+    """Frame by frame with model.StreamingMask: what a real-time system runs every 10 ms."""
+
+    def __init__(self, model, cfg):
+        import model as M
+
+        self.streaming = M.StreamingMask(model, cfg)
+        self.n_bins, self.channels = M.feature_shape(cfg)
+
+    def reset(self) -> None:
+        self.streaming.reset()
+
+    def push(self, feats: np.ndarray) -> np.ndarray:
+        masks = [m for m in (self.streaming.step(f) for f in feats) if m is not None]
+        return _stack(masks, self.n_bins)
+
+    def flush(self) -> np.ndarray:
+        return _stack(self.streaming.flush(), self.n_bins)
+
+
+def _stack(masks, n_bins: int) -> np.ndarray:
+    return np.stack(masks).astype(np.float32) if len(masks) else np.zeros((0, n_bins, 2), np.float32)
+
+
+def chunk_model(model, cfg):
+    """The causal network on a block of frames with its LSTM states in and out (shared weights).
+
+    Inputs [features (1, T, F, C), h_0, c_0, ...] -> outputs [mask (1, T, F, 2), h_0', c_0', ...], without
+    the lookahead pad/crop (the runner does it). Network frame n of consecutive blocks equals network
+    frame n of the whole clip, because the state is all an LSTM carries from one frame to the next.
+    """
+    import keras
+
+    import model as M
+
+    p = M.ModelParams.from_config(cfg)
+    n_bins, channels = M.feature_shape(cfg)
+    feats = keras.Input(batch_shape=(1, None, n_bins, channels), name="chunk")
+    states = [
+        keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}")
+        for i in range(p.lstm_layers)
+        for s in "hc"
+    ]
+    x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(feats)
+    x = model.get_layer("projection")(x)
+    new_states = []
+    for i in range(p.lstm_layers):
+        orig = model.get_layer(f"lstm_{i}")
+        # Same layer class and weights, but returning its final state (Keras layers cannot change that).
+        lstm = orig.__class__.from_config(
+            {**orig.get_config(), "return_state": True, "name": f"chunk_lstm_{i}"}
+        )
+        x, h, c = lstm(x, initial_state=states[2 * i : 2 * i + 2])
+        lstm.set_weights(orig.get_weights())
+        new_states += [h, c]
+    for i in range(p.dense_layers):
+        x = model.get_layer(f"dense_{i}")(x)
+    mask = model.get_layer("mask")(model.get_layer("to_bins")(model.get_layer("mask_logits")(x)))
+    return keras.Model([feats, *states], [mask, *new_states], name="chunk_step")
+
+
+def chunk_function(model, cfg):
+    """tf.function(features (1, T, F, C), states) -> (masks (T, F, 2), states), traced once for any T."""
+    import model as M
+
+    tf = M.tf
+    p = M.ModelParams.from_config(cfg)
+    n_bins, channels = M.feature_shape(cfg)
+    net = chunk_model(model, cfg)
+    spec = tf.TensorSpec((1, None, n_bins, channels), tf.float32)
+    state_spec = tuple(tf.TensorSpec((1, p.lstm_units), tf.float32) for _ in range(2 * p.lstm_layers))
+
+    def run(feats, states):
+        out = net([feats, *states], training=False)
+        return out[0][0], tuple(out[1:])
+
+    return tf.function(run, input_signature=[spec, state_spec])
+
+
+class KerasChunkRunner:
+    """Whole blocks of frames per call with the LSTM states carried: fast offline processing of long files.
+
+    `fn` (chunk_function) can be shared by several runners (channels, files): each keeps its own state.
+    """
+
+    def __init__(self, model, cfg, fn=None):
+        import model as M
+
+        p = M.ModelParams.from_config(cfg)
+        self.lookahead = p.lookahead_frames
+        self.n_bins, self.channels = M.feature_shape(cfg)
+        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
+        self._tf = M.tf
+        self._fn = fn or chunk_function(model, cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        self.states = tuple(self._tf.zeros(s, self._tf.float32) for s in self._state_shapes)
+        self.frames_in = 0
+
+    def push(self, feats: np.ndarray) -> np.ndarray:
+        if len(feats) == 0:
+            return np.zeros((0, self.n_bins, 2), np.float32)
+        masks, self.states = self._fn(self._tf.constant(feats[None], self._tf.float32), self.states)
+        drop = max(0, self.lookahead - self.frames_in)
+        self.frames_in += len(feats)
+        return masks.numpy()[drop:]
+
+    def flush(self) -> np.ndarray:
+        masks = self.push(np.zeros((self.lookahead, self.n_bins, self.channels), np.float32))
+        self.reset()
+        return masks
+
+
+# ----------------------------------------------------------------------------- streaming transform
+
+
+class FrameStream:
+    """Exact streaming STFT -> features -> mask -> complex product -> iSTFT at the model rate.
+
+    process(x) accepts any number of samples and returns the enhanced samples that no later input can
+    change, aligned with the input (the k-th sample returned overall is enhanced input sample k);
+    flush() returns the rest, so that the outputs add up to exactly as many samples as went in and
+    equal STFT.istft(S_hat, length=N) of the whole signal. State carried between calls: the last
+    win - hop input samples (frame history), the previous STFT frame (delta phase), the frames waiting
+    for their mask (lookahead), the runner's recurrent state and the overlap-add accumulators.
+    """
+
+    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
+        self.runner, self.sp, self.fp = runner, sp, fp
+        self.window = STFT.window(sp)
+        self.reset()
+
+    def reset(self) -> None:
+        sp = self.sp
+        self.runner.reset()
+        self.buf = np.zeros(sp.pad_front, np.float32)  # history + samples not yet framed
+        self.prev = None  # X[t - 1] for the delta phase of the next frame
+        self.pending = np.zeros((0, sp.n_bins), np.complex64)  # frames waiting for their mask
+        self.n_in = self.n_out = 0
+        self.frames_in = 0  # frames analysed
+        self.frames_out = 0  # frames synthesised
+        # Overlap-add accumulators over padded sample positions [ola_start, ola_start + len).
+        self.acc = np.zeros(0, np.float64)
+        self.norm = np.zeros(0, np.float64)
+        self.ola_start = 0
+
+    @property
+    def pending_samples(self) -> int:
+        return self.n_in - self.n_out
+
+    def process(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float32).reshape(-1)
+        self.n_in += len(x)
+        self.buf = np.concatenate([self.buf, x])
+        k = (len(self.buf) - self.sp.pad_front) // self.sp.hop
+        if k <= 0:
+            return np.zeros(0, np.float32)
+        X = self._analyse(k)
+        masks = self.runner.push(self._features(X))
+        return self._synthesise(X, masks, final=False)
+
+    def flush(self) -> np.ndarray:
+        """Zero-pads the last frame as STFT.stft does, drains the lookahead and returns the tail."""
+        sp = self.sp
+        missing = sp.n_frames(self.n_in) - self.frames_in
+        X = np.zeros((0, sp.n_bins), np.complex64)
+        masks = np.zeros((0, sp.n_bins, 2), np.float32)
+        if missing > 0:
+            need = sp.pad_front + missing * sp.hop - len(self.buf)
+            self.buf = np.concatenate([self.buf, np.zeros(need, np.float32)])
+            X = self._analyse(missing)
+            masks = self.runner.push(self._features(X))
+        masks = np.concatenate([masks, self.runner.flush()])
+        out = self._synthesise(X, masks, final=True)
+        self.reset()
+        return out
+
+    def _analyse(self, k: int) -> np.ndarray:
+        sp = self.sp
+        span = self.buf[: (k - 1) * sp.hop + sp.win_length]
+        frames = np.lib.stride_tricks.sliding_window_view(span, sp.win_length)[:: sp.hop]
+        self.buf = self.buf[k * sp.hop :]
+        self.frames_in += k
+        return np.fft.rfft(frames * self.window, n=sp.n_fft, axis=-1).astype(np.complex64)
+
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        # The previous frame goes first so the delta phase of X[0] is the whole-signal one. The first frame
+        # of a stream has none (its delta phase is 0 by definition: angle(X * conj(0)) could be pi).
+        if self.prev is None:
+            feats = STFT.features(X, self.fp, self.sp)
+        else:
+            feats = STFT.features(np.concatenate([self.prev[None], X]), self.fp, self.sp)[1:]
+        self.prev = X[-1]
+        return feats
+
+    def _synthesise(self, X: np.ndarray, masks: np.ndarray, final: bool) -> np.ndarray:
+        sp = self.sp
+        self.pending = np.concatenate([self.pending, X]) if len(X) else self.pending
+        m = len(masks)
+        if m:
+            S = (masks[..., 0] + 1j * masks[..., 1]).astype(np.complex64) * self.pending[:m]
+            self.pending = self.pending[m:]
+            frames = np.fft.irfft(S, n=sp.n_fft, axis=-1)[:, : sp.win_length].astype(np.float32) * self.window
+            self._overlap_add(frames)
+        # Padded positions before the next frame's start are final; at the end all of them are.
+        done = len(self.acc) if final else self.frames_out * sp.hop - self.ola_start
+        return self._emit(max(done, 0))
+
+    def _overlap_add(self, frames: np.ndarray) -> None:
+        sp = self.sp
+        m = len(frames)
+        start = self.frames_out * sp.hop - self.ola_start
+        blocks = -(-sp.win_length // sp.hop)
+        end = start + (m - 1 + blocks) * sp.hop
+        if end > len(self.acc):
+            self.acc = np.concatenate([self.acc, np.zeros(end - len(self.acc))])
+            self.norm = np.concatenate([self.norm, np.zeros(end - len(self.norm))])
+        w2 = self.window.astype(np.float64) ** 2
+        for i in range(blocks):  # block i of every frame in one slice-add (blocks of one i never overlap)
+            seg = frames[:, i * sp.hop : (i + 1) * sp.hop]
+            width = seg.shape[1]
+            lo = start + i * sp.hop
+            self.acc[lo : lo + m * sp.hop].reshape(m, sp.hop)[:, :width] += seg
+            self.norm[lo : lo + m * sp.hop].reshape(m, sp.hop)[:, :width] += w2[
+                i * sp.hop : i * sp.hop + width
+            ]
+        self.frames_out += m
+
+    def _emit(self, n: int) -> np.ndarray:
+        y = self.acc[:n] / np.maximum(self.norm[:n], np.finfo(np.float32).tiny)
+        first = self.ola_start  # padded position of y[0]; positions < pad_front precede the signal
+        self.acc, self.norm, self.ola_start = self.acc[n:], self.norm[n:], self.ola_start + n
+        y = y[max(0, self.sp.pad_front - first) :]
+        y = y[: self.n_in - self.n_out]  # the zero padding after the last input sample is not output
+        self.n_out += len(y)
+        return y.astype(np.float32)
+
+
+class RealtimeStream:
+    """Real-time interface at the model rate: every call returns exactly len(chunk) samples.
+
+    The output is the enhanced signal delayed by `delay` = win_length + lookahead * hop samples (the
+    algorithmic latency; the first `delay` samples are zeros). flush() returns the remaining `delay`
+    samples plus any not yet returned, so concat(outputs)[delay:] equals the offline output.
+    """
+
+    def __init__(self, frame_stream: FrameStream, delay: int):
+        self.frames, self.delay = frame_stream, int(delay)
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames.reset()
+        self.queue = np.zeros(self.delay, np.float32)
+
+    def process(self, chunk) -> np.ndarray:
+        chunk = np.asarray(chunk, np.float32).reshape(-1)
+        self.queue = np.concatenate([self.queue, self.frames.process(chunk)])
+        out, self.queue = self.queue[: len(chunk)], self.queue[len(chunk) :]
+        assert len(out) == len(chunk), "delay shorter than the latency"  # guaranteed by the framing
+        return out
+
+    def flush(self) -> np.ndarray:
+        out = np.concatenate([self.queue, self.frames.flush()])
+        self.queue = np.zeros(self.delay, np.float32)
+        return out
+
+
+class AlignedStream:
+    """Any rate and channel count: resample (soxr stream) -> FrameStream per channel -> resample back.
+
+    Outputs are aligned with the input (no delay; each call returns what is final). `hop_blocks`
+    feeds the model 10-ms blocks, i.e. frame by frame as in real time, whatever the caller's block size.
+    """
+
+    def __init__(
+        self, make_frames, sample_rate: int, model_rate: int, channels: int = 1, hop_blocks: int = 0
+    ):
+        import soxr
+
+        self.streams = [make_frames() for _ in range(channels)]
+        self.hop_blocks = hop_blocks
+        same = sample_rate == model_rate
+        self.rs_in = None if same else soxr.ResampleStream(sample_rate, model_rate, channels, quality="HQ")
+        self.rs_out = None if same else soxr.ResampleStream(model_rate, sample_rate, channels, quality="HQ")
+        self.channels = channels
+
+    def process(self, x, last: bool = False) -> np.ndarray:
+        x = np.asarray(x, np.float32).reshape(len(x), self.channels)
+        if self.rs_in is not None:
+            x = self.rs_in.resample_chunk(x, last=last)
+        ys = [self._run(s, x[:, c]) for c, s in enumerate(self.streams)]
+        if last:
+            ys = [np.concatenate([y, s.flush()]) for y, s in zip(ys, self.streams)]
+        y = np.stack(ys, axis=1)
+        if self.rs_out is not None:
+            y = self.rs_out.resample_chunk(y, last=last)
+        return y.astype(np.float32, copy=False)
+
+    def flush(self) -> np.ndarray:
+        return self.process(np.zeros((0, self.channels), np.float32), last=True)
+
+    def _run(self, stream: FrameStream, x: np.ndarray) -> np.ndarray:
+        if not self.hop_blocks or len(x) <= self.hop_blocks:
+            return stream.process(x)
+        parts = [stream.process(x[i : i + self.hop_blocks]) for i in range(0, len(x), self.hop_blocks)]
+        return np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------------- the enhancer
+
+
+def default_model_dir(cfg=None) -> Path:
+    """pretrained/ in the repo if present, else <checkpoint_dir>/<[train] run_name or default>/best."""
+    shipped = utils.ROOT / "pretrained"
+    if (shipped / "model.weights.h5").is_file():
+        return shipped
+    if cfg is None:
+        cfg = utils.load_config(utils.DEFAULT_CONFIG)
+    run = cfg.get("train", "run_name", fallback="default") or "default"
+    best = utils.get_path(cfg, "checkpoint_dir") / run / "best"
+    if (best / "model.weights.h5").is_file():
+        return best
+    raise utils.PipelineError(
+        f"{best}: no trained model (train one with `python train.py`, run `make demo` or pass --model DIR)"
+    )
+
+
+def _fix_length(y: np.ndarray, n: int) -> np.ndarray:
+    if len(y) >= n:
+        return y[:n]
+    return np.concatenate([y, np.zeros((n - len(y),) + y.shape[1:], y.dtype)])
+
+
+class BaseEnhancer:
+    """Waveform, stream and file processing around a mask runner; subclasses supply the network.
+
+    Subclasses set sp, fp, causal, lookahead, source and implement runner(streaming) and
+    _enhance_model_rate(x (C, N)) -> (C, N).
+    """
+
+    sp: STFT.StftParams
+    fp: STFT.FeatureParams
+    causal: bool = True
+    lookahead: int = 0
+    source: str = ""
+
+    @property
+    def sample_rate(self) -> int:
+        return self.sp.sample_rate
+
+    @property
+    def delay(self) -> int:
+        """Samples (at the model rate) by which a real-time stream's output lags its input."""
+        return self.sp.win_length + self.lookahead * self.sp.hop
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: window + lookahead (inf for non-causal models)."""
+        return 1000.0 * self.delay / self.sample_rate if self.causal else math.inf
+
+    def runner(self, streaming: bool):
+        raise NotImplementedError
+
+    def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def frame_stream(self, streaming: bool = True) -> FrameStream:
+        return FrameStream(self.runner(streaming), self.sp, self.fp)
+
+    def _require_causal(self, what: str) -> None:
+        if not self.causal:
+            raise utils.PipelineError(
+                f"{self.source or 'model'}: {what} needs a causal model (this one looks at the future)"
+            )
+
+    # --------------------------------------------------------------- waveforms
+
+    def __call__(self, wave, sr: int | None = None) -> np.ndarray:
+        """Enhances a whole waveform (N,) or (N, channels) at rate `sr` (default: the model's); same shape."""
+        wave = np.asarray(wave, np.float32)
+        sr = sr or self.sample_rate
+        if wave.ndim not in (1, 2):
+            raise ValueError(f"expected (N,) or (N, channels) audio, got shape {wave.shape}")
+        if wave.shape[0] == 0:
+            return wave.copy()
+        x = utils.resample(wave, sr, self.sample_rate)
+        x2 = x.reshape(len(x), -1).T  # (C, N)
+        y = self._enhance_model_rate(np.ascontiguousarray(x2)).T
+        y = _fix_length(utils.resample(np.ascontiguousarray(y), self.sample_rate, sr), len(wave))
+        return y.reshape(wave.shape)
+
+    def stream(self, sr: int | None = None, aligned: bool = False):
+        """A streaming enhancer (frame by frame, recurrent state carried; causal models only).
+
+        Default: RealtimeStream at the model rate (len(out) == len(chunk), output delayed by
+        `stream.delay` samples). aligned=True: AlignedStream at any rate, no delay, variable-size outputs.
+        """
+        sr = sr or self.sample_rate
+        if aligned:
+            return AlignedStream(lambda: self.frame_stream(True), sr, self.sample_rate)
+        if sr != self.sample_rate:
+            raise ValueError(
+                f"a real-time stream runs at the model rate ({self.sample_rate} Hz); resample outside "
+                "or use stream(sr, aligned=True)"
+            )
+        return RealtimeStream(self.frame_stream(True), self.delay)
+
+    # --------------------------------------------------------------- files
+
+    def enhance_file(
+        self, src, dst, channels: str = "mix", streaming: bool = False, chunk_seconds: float = 30.0
+    ) -> dict:
+        """Enhances one file into `dst` (atomically): {duration, seconds, rtf, ...}; AudioError if bad."""
+        src, dst = Path(src), Path(dst)
+        started = time.perf_counter()
+        try:
+            info = sf.info(str(src))
+        except Exception as e:
+            raise utils.AudioError(src, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        if info.frames <= 0:
+            raise utils.AudioError(src, "empty (0 samples)")
+        out_channels = info.channels if channels == "each" else 1
+        subtype = (
+            info.subtype if sf.check_format(info.format, info.subtype) else sf.default_subtype(info.format)
+        )
+        writer = _Writer(dst, info.samplerate, out_channels, info.format, subtype, info.frames)
+        if self.causal:
+            block = max(1, int(round(chunk_seconds * info.samplerate)))
+            stream = AlignedStream(
+                lambda: self.frame_stream(streaming),
+                info.samplerate,
+                self.sample_rate,
+                out_channels,
+                hop_blocks=self.sp.hop if streaming else 0,
+            )
+            with writer:
+                audible = False
+                for x in _read_blocks(src, block):
+                    audible = audible or bool(np.any(x))
+                    writer.write(stream.process(_downmix(x, channels)))
+                if not audible:
+                    raise utils.AudioError(src, "silent (all samples are zero)")
+                writer.write(stream.flush())
+        else:  # bidirectional / seed: the whole file at once (no state to carry across chunks)
+            x, sr = utils.read_audio(src, mono=False)
+            with writer:
+                writer.write(self(_downmix(x, channels), sr))
+        seconds = time.perf_counter() - started
+        duration = info.frames / info.samplerate
+        return {"duration": duration, "seconds": seconds, "rtf": seconds / duration,
+                "sample_rate": info.samplerate, "channels": out_channels, "subtype": subtype}  # fmt: skip
+
+
+class Enhancer(BaseEnhancer):
+    """A trained Keras model (model.save_trained folder) ready to denoise waveforms, files and streams."""
+
+    def __init__(self, model, cfg, source: str = ""):
+        import model as M
+
+        self.model, self.cfg, self.source = model, cfg, source
+        self.sp, self.fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+        params = M.ModelParams.from_config(cfg)
+        self.causal = params.causal
+        self.lookahead = params.lookahead_frames if self.causal else 0
+        self._chunk_fn = None
+
+    @classmethod
+    def from_pretrained(cls, path=None) -> Enhancer:
+        """Loads a folder written by model.save_trained (default: see default_model_dir)."""
+        import model as M
+
+        path = Path(path) if path is not None else default_model_dir()
+        model, cfg = M.load_trained(path)
+        return cls(model, cfg, str(path))
+
+    def runner(self, streaming: bool):
+        self._require_causal("streaming" if streaming else "chunked processing")
+        if streaming:
+            return KerasFrameRunner(self.model, self.cfg)
+        if self._chunk_fn is None:  # traced once per enhancer, shared by every file and channel
+            self._chunk_fn = chunk_function(self.model, self.cfg)
+        return KerasChunkRunner(self.model, self.cfg, self._chunk_fn)
+
+    def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
+        """(C, N) at the model rate -> (C, N): the whole-clip reference (STFT, model, iSTFT)."""
+        import model as M
+
+        S_hat = M.enhance_spectrogram(self.model, STFT.stft(x, self.sp), self.cfg)
+        return STFT.istft(S_hat, self.sp, length=x.shape[-1])
+
+
+def _downmix(x: np.ndarray, channels: str) -> np.ndarray:
+    return x if channels == "each" else x.mean(axis=1, keepdims=True)
+
+
+def _read_blocks(path: Path, block: int):
+    """(n, channels) float32 blocks; raises AudioError naming the file for unreadable or non-finite data."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                x = f.read(block, dtype="float32", always_2d=True)
+                if len(x) == 0:
+                    return
+                if not np.all(np.isfinite(x)):
+                    raise utils.AudioError(path, "contains NaN or Inf samples")
+                yield x
+    except utils.AudioError:
+        raise
+    except Exception as e:  # libsndfile raises several types; all mean "unreadable"
+        raise utils.AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+
+
+class _Writer:
+    """Writes blocks to a temp file beside `dst`, renamed over it on success; exactly `frames` samples."""
+
+    def __init__(self, dst: Path, sr: int, channels: int, fmt: str, subtype: str, frames: int):
+        self.dst, self.sr, self.channels, self.fmt, self.subtype = dst, sr, channels, fmt, subtype
+        self.frames, self.written = frames, 0
+        # PCM would wrap around on overshoot: clip there; float formats keep the values as they are.
+        self.clip = not subtype.startswith(("FLOAT", "DOUBLE", "VORBIS", "OPUS"))
+
+    def __enter__(self):
+        self.dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.dst.name}.", suffix=".tmp", dir=self.dst.parent)
+        os.close(fd)
+        self.file = sf.SoundFile(self.tmp, "w", self.sr, self.channels, self.subtype, format=self.fmt)
+        return self
+
+    def write(self, y: np.ndarray) -> None:
+        y = np.asarray(y, np.float32).reshape(-1, self.channels)[: self.frames - self.written]
+        if self.clip:
+            y = np.clip(y, -1.0, 1.0)
+        self.file.write(y)
+        self.written += len(y)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None and self.written < self.frames:  # the resampler's last sample can round away
+                self.write(np.zeros((self.frames - self.written, self.channels), np.float32))
+            self.file.close()
+            if exc_type is None:
+                with open(self.tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+        return False
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(file, path relative to the output folder) for every input; plus one error line per bad input."""
+    found, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = utils.find_audio(path)
+            if not files:
+                errors.append(f"{path}: no audio files ({', '.join(utils.AUDIO_EXTENSIONS)}) in this folder")
+            found += [(f, f.relative_to(path)) for f in files]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        else:
+            errors.append(f"{path}: not found")
+    return found, errors
+
+
+def plan_outputs(found: list[tuple[Path, Path]], outdir: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Output path per input; refuses any that would overwrite an input or another output."""
+    inputs = {f.resolve() for f, _ in found}
+    outdir = outdir.resolve()
+    jobs, errors, taken = [], [], {}
+    for src, rel in found:
+        dst = outdir / rel
+        if dst.resolve() in inputs or dst.parent.resolve() == src.resolve().parent:
+            errors.append(
+                f"{src}: refusing to overwrite the input (choose an -o folder other than the input's)"
+            )
+        elif dst in taken:
+            errors.append(
+                f"{src}: output {dst} would also be written for {taken[dst]} (enhance them separately)"
+            )
+        else:
+            taken[dst] = src
+            jobs.append((src, dst))
+    return jobs, errors
+
+
+def _load(args, cfg):
+    if args.tflite:
+        import export
+
+        return export.TFLiteEnhancer.from_export(args.tflite)
+    return Enhancer.from_pretrained(args.model or default_model_dir(cfg))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Denoise audio files with a trained model. Offline by default: long files are "
+        "processed in [enhance] chunk_seconds blocks with the recurrent state carried across them (bounded "
+        "memory, same result as whole-file processing). --streaming runs the model frame by frame (10 ms) "
+        "like a real-time system. Outputs keep each input's name, sample rate and subtype and are aligned "
+        "with the input.",
+        epilog="example: python enhance.py noisy.wav recordings/ -o enhanced/files --model cp/default/best",
+    )
+    parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    parser.add_argument(
+        "-o", "--out", type=Path, default=None, help="output folder (default: [paths] enhanced_dir)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="folder with model.weights.h5 + config.ini (model.save_trained); default: pretrained/ if "
+        "present, else <checkpoint_dir>/<[train] run_name>/best",
+    )
+    parser.add_argument(
+        "--tflite",
+        type=Path,
+        default=None,
+        help="use an exported TFLite model instead (export.py --out DIR; --model is then ignored)",
+    )
+    parser.add_argument(
+        "--streaming", action="store_true", help="run the model frame by frame (causal models)"
+    )
+    parser.add_argument(
+        "--channels",
+        choices=("mix", "each"),
+        default="mix",
+        help="multichannel input: mix = downmix to one output channel (default); each = every channel",
+    )
+    utils.add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = utils.config_from_args(args)
+    chunk_seconds = cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
+    if not chunk_seconds > 0:
+        raise utils.PipelineError(f"[enhance] chunk_seconds={chunk_seconds}: must be > 0")
+    outdir = args.out or utils.get_path(cfg, "enhanced_dir")
+
+    found, errors = collect_inputs(args.inputs)
+    jobs, refused = plan_outputs(found, outdir)
+    errors += refused
+    for line in errors:
+        print(f"failed: {line}", file=sys.stderr)
+    if not jobs:
+        print("no file was enhanced", file=sys.stderr)
+        return 1
+
+    enhancer = _load(args, cfg)
+    if args.streaming:
+        enhancer._require_causal("--streaming")
+        window_ms = 1000 * enhancer.sp.win_length / enhancer.sample_rate
+        print(
+            f"streaming: {enhancer.sp.hop} samples per step, algorithmic latency "
+            f"{enhancer.latency_ms:.1f} ms (window {window_ms:.0f} ms + lookahead {enhancer.lookahead} "
+            "frames); output realigned with the input"
+        )
+    elif not enhancer.causal:
+        print(f"{enhancer.source}: non-causal model: each file is processed whole, in memory (no chunking)")
+    run_cfg = _run_config(cfg, enhancer, args)
+    utils.save_config(run_cfg, Path(outdir) / "enhance_config.ini")
+
+    failed = len(errors)
+    for src, dst in jobs:
+        try:
+            r = enhancer.enhance_file(src, dst, args.channels, args.streaming, chunk_seconds)
+        except utils.AudioError as e:
+            print(f"failed: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(
+            f"{src} -> {dst}: {r['duration']:.2f} s, {r['sample_rate']} Hz, {r['channels']} ch "
+            f"{r['subtype']}, {r['seconds']:.2f} s (real-time factor {r['rtf']:.3f})"
+        )
+    if failed:
+        print(f"{failed} input(s) failed, {len(jobs) - (failed - len(errors))} enhanced", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_config(cfg, enhancer, args):
+    """The model's config plus this run's [enhance] settings: what produced the files."""
+    import configparser
+
+    run = configparser.ConfigParser(interpolation=None)
+    run.optionxform = str
+    if enhancer.cfg is not None:
+        run.read_dict(utils.config_to_dict(enhancer.cfg))
+    section = dict(cfg.items("enhance")) if cfg.has_section("enhance") else {}
+    section.update(
+        {"model": str(enhancer.source), "streaming": str(args.streaming), "channels": args.channels}
+    )
+    run["enhance"] = section
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))

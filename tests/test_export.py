@@ -1,0 +1,114 @@
+"""export.py: SavedModel == Keras; TFLite streaming step (LiteRT) == Keras; metadata; enhance.py --tflite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SR
+from test_enhance import make_model, noisy
+
+import enhance
+import export
+import model as M
+import utils
+
+tf = M.tf
+litert = pytest.importorskip(
+    "ai_edge_litert.interpreter",
+    reason="ai-edge-litert is not installed (.venv/bin/pip install ai-edge-litert)",
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny causal model with 2 frames of lookahead, exported with the quantized variant."""
+    root = tmp_path_factory.mktemp("export")
+    model_dir = make_model(root, lookahead_frames=2)
+    export.export(model_dir, root / "exp", quantize=True)
+    return model_dir, root / "exp"
+
+
+def test_files_and_metadata(exported):
+    model_dir, out = exported
+    meta = json.loads((out / "metadata.json").read_text())
+    _, cfg = M.load_trained(model_dir)
+    assert (out / "saved_model" / "saved_model.pb").is_file() and (out / "config.ini").is_file()
+    assert set(meta["tflite"]["files"]) == {"float32", "dynamic_range_int8"}
+    for name in meta["tflite"]["files"].values():
+        assert (out / name).stat().st_size > 1000
+    assert meta["lookahead_frames"] == 2 and meta["algorithmic_latency_ms"] == pytest.approx(45.0)
+    stft = {k: meta["stft"][k] for k in ("sample_rate", "win_length", "hop", "n_fft")}
+    assert stft == {"sample_rate": 16000, "win_length": 400, "hop": 160, "n_fft": 512}
+    units = cfg.getint("model", "lstm_units")
+    assert [s["input"] for s in meta["tflite"]["states"]] == ["h_0", "c_0", "h_1", "c_1"]
+    assert all(s["shape"] == [1, units] for s in meta["tflite"]["states"])
+    inputs = {d["name"]: d["shape"] for d in meta["tflite"]["inputs"]}
+    outputs = {d["name"]: d["shape"] for d in meta["tflite"]["outputs"]}
+    assert inputs["frame"] == [1, 257, 4] and outputs["mask"] == [1, 257, 2]
+    assert outputs["h_1_out"] == [1, units]
+    assert meta["saved_model"]["signatures"]["serving_default"]["inputs"]["features"] == [-1, -1, 257, 4]
+
+
+def test_savedmodel_matches_keras(exported, rng):
+    model_dir, out = exported
+    model, cfg = M.load_trained(model_dir)
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    x = rng.standard_normal((2, 23, 257, 4)).astype(np.float32)
+    got = loaded.signatures["serving_default"](features=tf.constant(x))["mask"].numpy()
+    np.testing.assert_allclose(got, M.mask_function(model)(x).numpy(), atol=1e-5, rtol=0)
+    # The step signature equals model.streaming_step_model.
+    step = M.streaming_step_model(model, cfg)
+    states = [np.zeros((1, cfg.getint("model", "lstm_units")), np.float32)] * 4
+    want = step([x[:1, 0], *states])
+    names = ["h_0", "c_0", "h_1", "c_1"]
+    got = loaded.signatures["step"](
+        frame=tf.constant(x[:1, 0]), **{n: tf.constant(s) for n, s in zip(names, states)}
+    )
+    np.testing.assert_allclose(got["mask"].numpy(), want[0].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got["c_1_out"].numpy(), want[4].numpy(), atol=1e-5, rtol=0)
+
+
+def test_tflite_float32_matches_keras(exported):
+    """A waveform through LiteRT (frame by frame, lookahead as a frame delay) == Keras offline."""
+    model_dir, out = exported
+    x = noisy(1.5037, 21)
+    want = enhance.Enhancer.from_pretrained(model_dir)(x)
+    lite = export.TFLiteEnhancer.from_export(out)
+    np.testing.assert_allclose(lite(x), want, atol=1e-4, rtol=0)
+    # Streaming through TFLite with odd chunks: the same after the documented delay.
+    stream = lite.stream()
+    y = np.concatenate([stream.process(x[i : i + 97]) for i in range(0, len(x), 97)] + [stream.flush()])
+    np.testing.assert_allclose(y[stream.delay :], want, atol=1e-4, rtol=0)
+
+
+def test_tflite_quantized_close(exported):
+    model_dir, out = exported
+    x = noisy(1.5037, 22)
+    want = enhance.Enhancer.from_pretrained(model_dir)(x)
+    got = export.TFLiteEnhancer.from_export(out, quantized=True)(x)
+    snr = 10 * np.log10(np.sum(want**2) / np.sum((want - got) ** 2))
+    assert 15 < snr < 200  # int8 weights: close to float, but not identical
+
+
+def test_enhance_cli_with_tflite(exported, tmp_path, capsys):
+    model_dir, out = exported
+    x = noisy(1.2037, 23)
+    sf.write(tmp_path / "g.wav", x, SR, subtype="FLOAT")
+    rc = enhance.main([str(tmp_path / "g.wav"), "-o", str(tmp_path / "lite"), "--tflite", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    y, _ = sf.read(tmp_path / "lite" / "g.wav", dtype="float32")
+    np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(model_dir)(x), atol=1e-4, rtol=0)
+
+
+def test_cli_and_non_causal(tmp_path, capsys):
+    bidir = make_model(tmp_path / "bi", architecture="bidirectional")
+    assert export.main(["--model", str(bidir), "--out", str(tmp_path / "exp")]) == 0
+    assert "TFLite: skipped" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "exp" / "metadata.json").read_text())
+    assert meta["tflite"] is None and not meta["causal"]
+    assert list(meta["saved_model"]["signatures"]) == ["serving_default"]
+    with pytest.raises(utils.PipelineError, match="not causal"):
+        export.TFLiteEnhancer.from_export(tmp_path / "exp")
