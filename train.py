@@ -1,0 +1,918 @@
+"""Trains the complex-mask enhancer on the STFT cache (Training_STFT/), validating on Testing_STFT/.
+
+    python train.py [--config config.ini] [--set train.epochs=5 ...] [--run-name NAME]
+                    [--resume | --overwrite] [--strategy default|mirrored|multiworker]
+
+Input: random crops of [train] crop_seconds from the memory-mapped cache, shuffled per epoch with a
+seed derived from ([train] seed, epoch); crop offsets come from (seed, epoch, example), so an epoch's
+batches are a pure function of the config and a resumed run sees exactly the batches it would have
+seen. Examples shorter than the crop are zero-padded and their padding is masked out of the loss.
+The step (tf.function + GradientTape + Adam) computes the features in-graph from the noisy STFT,
+clips the gradient by its global norm and skips the update when the loss is not finite.
+
+Outputs, for run NAME:
+    <checkpoint_dir>/NAME/        ckpt-* (last 3, every checkpoint_steps steps and every epoch end),
+                                  config.ini (resolved), history.jsonl, best/ (model.save_trained of
+                                  the best validation SI-SDR, with metrics.json)
+    <log_dir>/NAME/train|validation   TensorBoard: per-step loss, learning rate, gradient norm;
+                                  per-epoch losses, SDR, SI-SDR, SNR(i) of the model and of the noisy
+                                  input; audio, spectrogram and mask images of fixed examples
+    <enhanced_dir>/NAME/epoch_E/  the fixed validation examples (noisy, enhanced, clean wavs)
+
+Validation scores waveforms against the TRUE clean speech read from disk: the model's output is
+istft(M * X) with the model's own phase; the noisy input is scored beside it.
+Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+import STFT
+import utils
+
+log = utils.get_logger("train")
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+# Metrics computed at validation (waveforms, against the true clean speech).
+VAL_METRICS = ("sdr", "si_sdr", "snr")
+# Validation examples per inference call (equal lengths only, so no padding).
+VAL_BATCH = 8
+# Sections a checkpoint depends on: a resumed run must not change them.
+MODEL_SECTIONS = ("STFT", "features", "model")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 2.1e-4
+    crop_seconds: float = 2.0
+    clip_norm: float = 5.0
+    validation_files: int = 32
+    validation_interval: int = 1
+    checkpoint_steps: int = 200
+    audio_examples: int = 3
+    max_nonfinite_steps: int = 5
+    seed: int = 1234
+    run_name: str = "default"
+    # TF op determinism (same weights from two runs): auto = on when no GPU is visible (it costs
+    # little on CPU; some GPU kernels have no deterministic version), true, false.
+    deterministic: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg) -> TrainParams:
+        src = f"{Path(getattr(cfg, 'source', 'config.ini')).name}: [train]"
+        section = cfg["train"] if cfg.has_section("train") else {}
+        values = {}
+        for f in fields(cls):
+            raw, kind = str(section.get(f.name, f.default)).strip(), type(f.default)
+            try:
+                values[f.name] = int(float(raw)) if kind is int else kind(raw)
+            except ValueError as e:
+                expected = {int: "an integer", float: "a number"}.get(kind, "text")
+                raise utils.PipelineError(f"{src} {f.name}={raw!r}: expected {expected}") from e
+        p = cls(**values)
+        positive = ("epochs", "batch_size", "validation_interval", "checkpoint_steps", "max_nonfinite_steps")
+        for name in positive:
+            if getattr(p, name) < 1:
+                raise utils.PipelineError(f"{src} {name}={getattr(p, name)}: must be >= 1")
+        if p.deterministic.lower() not in ("auto", "true", "false"):
+            raise utils.PipelineError(f"{src} deterministic={p.deterministic}: expected auto, true or false")
+        if p.crop_seconds <= 0 or p.learning_rate <= 0:
+            raise utils.PipelineError(f"{src} crop_seconds and learning_rate must be > 0")
+        return p
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    checkpoints: Path  # <checkpoint_dir>/<run>
+    logs: Path  # <log_dir>/<run>
+    enhanced: Path  # <enhanced_dir>/<run>
+
+    @classmethod
+    def from_config(cls, cfg, run_name: str) -> RunDirs:
+        if not run_name or "/" in run_name or run_name in (".", ".."):
+            raise utils.PipelineError(f"--run-name {run_name!r}: expected a plain folder name")
+        p = cfg["paths"]
+        return cls(*(Path(p[k]) / run_name for k in ("checkpoint_dir", "log_dir", "enhanced_dir")))
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best"
+
+
+def _tf():
+    utils.quiet_tensorflow()
+    import tensorflow as tf
+
+    return tf
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def crop_frames(cfg, params: TrainParams) -> int:
+    sp = STFT.StftParams.from_config(cfg)
+    return max(1, round(params.crop_seconds * sp.sample_rate / sp.hop))
+
+
+def epoch_plan(n_frames: np.ndarray, seed: int, epoch: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The order of examples and each one's crop start (in frames) for `epoch`.
+
+    A pure function of (seed, epoch) and the cache: the order from a generator seeded with
+    (seed, epoch), the start of example i from a uniform draw indexed by i (so it depends on
+    (seed, epoch, i), not on where i lands in the order).
+    """
+    n_frames = np.asarray(n_frames, dtype=np.int64)
+    order = np.random.default_rng([seed, epoch, 0]).permutation(len(n_frames))
+    u = np.random.default_rng([seed, epoch, 1]).random(len(n_frames))
+    room = np.maximum(n_frames - crop, 0) + 1  # number of valid starts
+    starts = np.minimum((u * room).astype(np.int64), room - 1)
+    return order, starts[order]
+
+
+def load_crops(cache, index: np.ndarray, start: np.ndarray, crop: int):
+    """Slices crops from the memmaps; pads short examples with zeros and marks valid frames."""
+    n, f = len(index), cache.noisy.shape[1]
+    noisy = np.zeros((n, crop, f), np.complex64)
+    clean = np.zeros((n, crop, f), np.complex64)
+    valid = np.zeros((n, crop), np.float32)
+    for k, (i, s) in enumerate(zip(index, start)):
+        length = int(min(crop, cache.n_frames[i] - s))
+        a = int(cache.offsets[i] + s)
+        noisy[k, :length] = cache.noisy[a : a + length]
+        clean[k, :length] = cache.clean[a : a + length]
+        valid[k, :length] = 1.0
+    return noisy, clean, valid
+
+
+def n_batches(n_examples: int, batch_size: int, drop_remainder: bool) -> int:
+    return n_examples // batch_size if drop_remainder else math.ceil(n_examples / batch_size)
+
+
+def make_dataset(cache, seed: int, epoch: int, crop: int, batch_size: int, skip_batches: int = 0,
+                 drop_remainder: bool = False):  # fmt: skip
+    """tf.data pipeline for one epoch: (noisy, clean, valid) batches of fixed-length crops.
+
+    Only (index, start) pairs flow through the graph until the last moment; one numpy_function per
+    batch slices the memmaps, so skipping batches on resume costs nothing.
+    """
+    tf = _tf()
+    order, starts = epoch_plan(cache.n_frames, seed, epoch, crop)
+    f = cache.noisy.shape[1]
+
+    def load(index, start):
+        return load_crops(cache, index, start, crop)
+
+    def load_tf(index, start):
+        noisy, clean, valid = tf.numpy_function(
+            load, [index, start], [tf.complex64, tf.complex64, tf.float32], stateful=False
+        )
+        return (
+            tf.ensure_shape(noisy, [None, crop, f]),
+            tf.ensure_shape(clean, [None, crop, f]),
+            tf.ensure_shape(valid, [None, crop]),
+        )
+
+    ds = tf.data.Dataset.from_tensor_slices((order, starts))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).skip(skip_batches)
+    ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+def make_strategy(name):
+    """default: tf.distribute.get_strategy(); mirrored: every GPU, else every logical CPU device;
+    multiworker: MultiWorkerMirroredStrategy (cluster from TF_CONFIG). A Strategy object passes."""
+    tf = _tf()
+    if not isinstance(name, str):
+        return name
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name not in STRATEGIES:
+        raise utils.PipelineError(f"--strategy {name!r}: choose from {', '.join(STRATEGIES)}")
+    # One instance per process: two strategies over the same devices would reuse collective keys.
+    if name not in _STRATEGY_CACHE:
+        if name == "mirrored":
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            _STRATEGY_CACHE[name] = tf.distribute.MirroredStrategy(devices=devices)
+        else:
+            _STRATEGY_CACHE[name] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _STRATEGY_CACHE[name]
+
+
+_STRATEGY_CACHE: dict = {}
+
+
+def is_chief(strategy) -> bool:
+    """Only the chief writes summaries, exports and the real checkpoints (multi-worker rule)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Model, optimizer, the distributed train step and whole-utterance inference."""
+
+    def __init__(self, cfg, params: TrainParams, strategy):
+        import model as model_lib
+
+        tf = _tf()
+        self.tf, self.cfg, self.params, self.strategy = tf, cfg, params, strategy
+        self.model_lib = model_lib
+        self.sp = STFT.StftParams.from_config(cfg)
+        self.fp = STFT.FeatureParams.from_config(cfg)
+        self.loss_fn = model_lib.loss_from_config(cfg)  # callable(S, S_hat, mask=None)
+        with strategy.scope():
+            self.model = model_lib.build_model(cfg)
+            import keras
+
+            self.optimizer = keras.optimizers.Adam(learning_rate=params.learning_rate)
+            self.optimizer.build(self.model.trainable_variables)
+        # Training state saved in every checkpoint (data order = f(seed, epoch, batch)).
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.batch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+        self.epoch_loss_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_loss_count")
+        self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_streak")
+        self.best_si_sdr = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_si_sdr")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            batch=self.batch,
+            step=self.step,
+            epoch_loss_sum=self.epoch_loss_sum,
+            epoch_loss_count=self.epoch_loss_count,
+            nonfinite_streak=self.nonfinite_streak,
+            best_si_sdr=self.best_si_sdr,
+        )
+        self._step_fn = tf.function(self._step, reduce_retracing=True, autograph=False)
+        f = self.sp.n_bins
+        spec = tf.TensorSpec([None, None, f], tf.complex64)
+        self.infer = tf.function(self._infer, input_signature=[spec, spec], autograph=False)
+
+    # -- the train step ------------------------------------------------------------------------
+    def features(self, X):
+        return STFT.features_tf(X, self.fp, self.sp)
+
+    def forward(self, noisy, training: bool):
+        mask = self.model(self.features(noisy), training=training)
+        return self.model_lib.apply_mask(noisy, mask), mask
+
+    def _replica_grads(self, noisy, clean, valid):
+        """The batch loss is the model loss averaged over every valid (frame, bin) of the GLOBAL batch
+        (padding excluded). A replica's share: its masked mean times its fraction of the global valid
+        frames. Loss and gradients are then all-reduced, so every replica holds the full-batch values,
+        identical to one replica on the whole batch."""
+        tf = self.tf
+        ctx = tf.distribute.get_replica_context()
+        local = tf.reduce_sum(valid)
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            S_hat, _ = self.forward(noisy, training=True)
+            loss = self.loss_fn(clean, S_hat, mask=valid) * (local / tf.maximum(total, 1.0))
+        grads = tape.gradient(loss, variables)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
+        loss, grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss, grads])
+        return loss, grads
+
+    def _replica_apply(self, grads, norm):
+        tf = self.tf
+        if self.params.clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.params.clip_norm, use_norm=norm)
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas > 1:  # the optimizer sums over replicas again: hand it 1/R of the full gradient
+            grads = [g / replicas for g in grads]
+        self.optimizer.apply(grads, self.model.trainable_variables)
+
+    def _step(self, noisy, clean, valid):
+        tf, strategy = self.tf, self.strategy
+        loss, grads = strategy.run(self._replica_grads, args=(noisy, clean, valid))
+        first = strategy.experimental_local_results
+        loss = first(loss)[0]
+        norm = tf.linalg.global_norm([first(g)[0] for g in grads])
+        finite = tf.math.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+
+        def apply():
+            # In cross-replica context: a cond whose branch calls merge_call must live here.
+            strategy.run(self._replica_apply, args=(grads, norm))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, norm, applied
+
+    def _gradients(self, noisy, clean, valid):
+        loss, grads = self.strategy.run(self._replica_grads, args=(noisy, clean, valid))
+        first = self.strategy.experimental_local_results
+        grads = [first(g)[0] for g in grads]
+        return first(loss)[0], self.tf.linalg.global_norm(grads), grads
+
+    def gradients(self, batch):
+        """(loss, global grad norm, [grad arrays]) of the full batch, unclipped, nothing applied."""
+        if not hasattr(self, "_gradients_fn"):
+            self._gradients_fn = self.tf.function(self._gradients, reduce_retracing=True, autograph=False)
+        loss, norm, grads = self._gradients_fn(*batch)
+        return float(loss), float(norm), [g.numpy() for g in grads]
+
+    def train_step(self, batch):
+        """One update on a (noisy, clean, valid) batch (distributed when the strategy has replicas);
+        returns (loss, grad_norm, applied) as Python values; a non-finite loss applies nothing."""
+        loss, norm, applied = self._step_fn(*batch)
+        return float(loss), float(norm), bool(applied)
+
+    # -- inference ------------------------------------------------------------------------------
+    def _infer(self, noisy, clean):
+        tf = self.tf
+        S_hat, mask = self.forward(noisy, training=False)
+        n = tf.shape(clean)[1]
+        losses = tf.map_fn(
+            lambda i: self.loss_fn(clean[i : i + 1], S_hat[i : i + 1, :n]),
+            tf.range(tf.shape(noisy)[0]),
+            fn_output_signature=tf.float32,
+        )
+        return S_hat, mask, losses
+
+    def enhance(self, noisy: np.ndarray, clean: np.ndarray):
+        """Whole utterances of one length, noisy (B, T', F) and clean (B, T <= T', F) -> S_hat (B, T', F),
+        mask (B, T', F, 2), losses (B,) over the first T frames.
+
+        No padding: equal lengths make a batch exact for every architecture (a padded batch would
+        change what a bidirectional model or a lookahead sees at the end)."""
+        S_hat, mask, losses = self.infer(noisy, clean)
+        return S_hat.numpy(), mask.numpy(), losses.numpy()
+
+    def weights(self) -> list[np.ndarray]:
+        return [np.array(v) for v in self.model.weights]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValExample:
+    row: dict
+    noisy_stft: np.ndarray  # (T, F) from the cache
+    clean_stft: np.ndarray
+    noisy_wav: np.ndarray
+    clean_wav: np.ndarray
+    noisy_scores: dict
+
+
+class Validator:
+    """A fixed subset (the first validation_files rows of Testing_STFT) scored every validation
+    epoch: loss on the STFTs, and SDR / SI-SDR / SNR(i) on waveforms against the true clean wav."""
+
+    def __init__(self, cfg, params: TrainParams, cache):
+        import metrics
+
+        self.metrics = metrics
+        self.sp = STFT.StftParams.from_config(cfg)
+        n = min(params.validation_files, len(cache))
+        self.examples = []
+        for i in range(n):
+            row = cache.rows[i]
+            noisy_stft, clean_stft = cache.example(i)
+            clean_wav, _ = utils.read_audio(row["clean"], self.sp.sample_rate)
+            noisy_wav, _ = utils.read_audio(row["noisy"], self.sp.sample_rate)
+            values, _ = metrics.score(clean_wav, noisy_wav, sr=self.sp.sample_rate, metrics=VAL_METRICS)
+            self.examples.append(ValExample(row, noisy_stft, clean_stft, noisy_wav, clean_wav, values))
+        self.n_audio = min(params.audio_examples, n)
+
+    def __len__(self):
+        return len(self.examples)
+
+    def batches(self) -> list[list[int]]:
+        """Example indices grouped by length (data_prep's clips all have one), VAL_BATCH at most."""
+        groups: dict[int, list[int]] = {}
+        for k, ex in enumerate(self.examples):
+            groups.setdefault(len(ex.noisy_stft), []).append(k)
+        return [g[i : i + VAL_BATCH] for g in groups.values() for i in range(0, len(g), VAL_BATCH)]
+
+    def run(self, trainer: Trainer):
+        """Returns (means over the examples, outputs of the first n_audio examples)."""
+        rows, outputs = {}, {}
+        for group in self.batches():
+            noisy = np.stack([self.examples[k].noisy_stft for k in group])
+            clean = np.stack([self.examples[k].clean_stft for k in group])
+            S_hat, mask, losses = trainer.enhance(noisy, clean)
+            for j, k in enumerate(group):
+                ex = self.examples[k]
+                enhanced = STFT.istft(S_hat[j], self.sp, length=len(ex.noisy_wav))
+                S_hat_j, mask_j = S_hat[j, : len(ex.clean_stft)], mask[j, : len(ex.clean_stft)]
+                values, _ = self.metrics.score(
+                    ex.clean_wav, enhanced, noisy=ex.noisy_wav, sr=self.sp.sample_rate, metrics=VAL_METRICS
+                )
+                values["loss"] = float(losses[j])
+                values.update({f"{m}_noisy": ex.noisy_scores[m] for m in VAL_METRICS})
+                rows[k] = values
+                if k < self.n_audio:
+                    outputs[k] = (ex, S_hat_j, mask_j, enhanced)
+        keys = rows[0].keys() if rows else ()
+        summary = {key: _nanmean([r[key] for r in rows.values()]) for key in keys}
+        return summary, [outputs[k] for k in sorted(outputs)]
+
+
+def _nanmean(values) -> float:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _colormap(x: np.ndarray, name: str) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 through a matplotlib colormap (no figure)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.clip(x, 0.0, 1.0))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def spectrogram_image(X: np.ndarray, floor_db: float = 80.0, ref_db: float | None = None) -> np.ndarray:
+    """(T, F) complex -> (F, T, 3) uint8 log-magnitude image, low frequencies at the bottom."""
+    db = 20 * np.log10(np.abs(X).T + 1e-8)
+    top = db.max() if ref_db is None else ref_db
+    return _colormap((db - (top - floor_db)) / floor_db, "magma")[::-1]
+
+
+def mask_image(m: np.ndarray, bound: float) -> np.ndarray:
+    """(T, F) mask component in [-bound, bound] -> (F, T, 3) uint8 (diverging colours)."""
+    return _colormap((m.T / max(bound, 1e-6) + 1.0) / 2.0, "RdBu_r")[::-1]
+
+
+def write_examples_summary(writer, outputs, epoch: int, sample_rate: int, mask_bound: float) -> None:
+    tf = _tf()
+    with writer.as_default(step=epoch):
+        for k, (ex, S_hat, mask, enhanced) in enumerate(outputs):
+            tag = f"example_{k}"
+            for name, wav in (("noisy", ex.noisy_wav), ("enhanced", enhanced), ("clean", ex.clean_wav)):
+                audio = utils.peak_normalize(np.asarray(wav, np.float32))
+                tf.summary.audio(f"{tag}/{name}", audio[None, :, None], sample_rate)
+            ref = 20 * np.log10(np.abs(ex.noisy_stft).max() + 1e-8)  # one scale for all three
+            images = {
+                "spectrogram_noisy": spectrogram_image(ex.noisy_stft, ref_db=ref),
+                "spectrogram_enhanced": spectrogram_image(S_hat, ref_db=ref),
+                "spectrogram_clean": spectrogram_image(ex.clean_stft, ref_db=ref),
+                "mask_real": mask_image(mask[..., 0], mask_bound),
+                "mask_imag": mask_image(mask[..., 1], mask_bound),
+            }
+            for name, image in images.items():
+                tf.summary.image(f"{tag}/{name}", image[None])
+
+
+def write_examples_audio(folder: Path, outputs, sample_rate: int) -> None:
+    """Listening copies of the fixed validation examples (peak-safe; scores use the raw signals)."""
+    for k, (ex, _S_hat, _mask, enhanced) in enumerate(outputs):
+        stem = f"{k:02d}_{Path(ex.row['noisy']).stem}"
+        for name, wav in (("noisy", ex.noisy_wav), ("enhanced", enhanced), ("clean", ex.clean_wav)):
+            utils.write_audio(folder / f"{stem}_{name}.wav", utils.peak_normalize(wav), sample_rate)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _same_model_settings(a, b) -> list[str]:
+    diffs = []
+    for section in MODEL_SECTIONS:
+        sa = dict(a.items(section)) if a.has_section(section) else {}
+        sb = dict(b.items(section)) if b.has_section(section) else {}
+        diffs += [f"[{section}] {k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    return diffs
+
+
+def prepare_run(cfg, dirs: RunDirs, resume: bool, overwrite: bool) -> bool:
+    """Checks / clears the run folders; returns True when a checkpoint will be restored."""
+    if resume and overwrite:
+        raise utils.PipelineError("train.py: --resume and --overwrite exclude each other")
+    _refuse_if_locked(dirs.checkpoints)
+    exists = dirs.checkpoints.exists() or dirs.logs.exists()
+    if exists and overwrite:
+        for folder in (dirs.checkpoints, dirs.logs):
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in dirs.enhanced.glob("epoch_*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        return False
+    if exists and not resume:
+        raise utils.PipelineError(
+            f"train.py: run folder {dirs.checkpoints} exists; use --resume to continue it, "
+            "another --run-name, or --overwrite to start it again"
+        )
+    if not resume:
+        return False
+    tf = _tf()
+    if tf.train.latest_checkpoint(str(dirs.checkpoints)) is None:
+        log.warning(f"--resume: no checkpoint in {dirs.checkpoints}; starting a new run")
+        return False
+    saved = dirs.checkpoints / "config.ini"
+    if saved.is_file():
+        diffs = _same_model_settings(utils.load_config(saved), cfg)
+        if diffs:
+            raise utils.PipelineError(
+                f"train.py: --resume with other model settings than {saved} ({', '.join(diffs[:3])})"
+            )
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """<run>/.lock holds the pid of the process training the run: a second one is refused."""
+    _refuse_if_locked(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    lock.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def _refuse_if_locked(folder: Path) -> None:
+    try:
+        pid = int((folder / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid and pid != os.getpid() and _pid_alive(pid):
+        raise utils.PipelineError(f"train.py: run folder {folder} is being trained by process {pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class History:
+    """One JSON line per finished epoch (<run>/history.jsonl), rewritten atomically."""
+
+    def __init__(self, path: Path, keep_before_epoch: int):
+        self.path = path
+        self.records = []
+        if path.is_file():
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.records = [r for r in records if r["epoch"] <= keep_before_epoch]
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        text = "".join(json.dumps(r, allow_nan=True) + "\n" for r in self.records)
+        with utils.atomic_write(self.path, "w") as f:
+            f.write(text)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def open_cache(cfg, split: str):
+    """The STFT cache of a split; refuses an empty one or one made with other [STFT] settings."""
+    folder = STFT.cache_dir(cfg, split)
+    cache = STFT.load_cache(folder)
+    if len(cache) == 0:
+        raise utils.PipelineError(f"{folder}: the {split} cache is empty")
+    if cache.params != STFT.StftParams.from_config(cfg):
+        raise utils.PipelineError(f"{folder}: built with other [STFT] settings than the config; run STFT.py")
+    return cache
+
+
+def _seed_everything(seed: int, deterministic: bool | str) -> None:
+    tf = _tf()
+    import keras
+
+    utils.set_seed(seed)
+    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
+    if str(deterministic).lower() == "auto":
+        deterministic = not tf.config.list_physical_devices("GPU")
+    if str(deterministic).lower() in ("true", "1"):
+        tf.config.experimental.enable_op_determinism()
+
+
+def _format_epoch(epoch: int, epochs: int, train_loss: float, val: dict | None, seconds: float, rate: float):
+    text = f"epoch {epoch}/{epochs}  train loss {train_loss:.4f}"
+    if val:
+        text += (
+            f"  val loss {val['loss']:.4f}  SI-SDR {val['si_sdr']:.2f} (noisy {val['si_sdr_noisy']:.2f})"
+            f"  SDR {val['sdr']:.2f} (noisy {val['sdr_noisy']:.2f})  SNRi {val['snri']:.2f} dB"
+        )
+    return text + f"  {seconds:.1f} s  {rate:.1f} clips/s"
+
+
+def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict) -> None:
+    """best/ = model.save_trained + metrics.json, swapped in by renames so it is never half-written."""
+    tmp, old = dirs.checkpoints / ".best.tmp", dirs.checkpoints / ".best.old"
+    for folder in (tmp, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    trainer.model_lib.save_trained(trainer.model, cfg, tmp)
+    with utils.atomic_write(tmp / "metrics.json", "w") as f:
+        json.dump({"epoch": epoch, "step": int(trainer.step.numpy()), "validation": val}, f, indent=2)
+    if dirs.best.exists():
+        dirs.best.rename(old)
+    tmp.rename(dirs.best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Holds Ctrl-C back while the training state changes, then raises it: a checkpoint taken in the
+    except-handler never sees half an epoch transition."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # SIGINT ignored (background job) or handled by someone else: leave it alone
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+class Run:
+    """One training run: the trainer plus its data, validation, summaries, checkpoints and history."""
+
+    def __init__(self, cfg, params: TrainParams, dirs: RunDirs, strategy, restoring: bool, progress: bool):
+        tf = _tf()
+        self.summary = tf.summary
+        self.cfg, self.params, self.dirs, self.progress = cfg, params, dirs, progress
+        self.train_cache, test_cache = (open_cache(cfg, split) for split in STFT.SPLITS)
+        self.strategy = strategy
+        self.chief = is_chief(strategy)
+        self.replicas = strategy.num_replicas_in_sync
+        self.drop_remainder = self.replicas > 1  # every replica gets a non-empty share of every batch
+        if params.batch_size % self.replicas:
+            raise utils.PipelineError(
+                f"[train] batch_size={params.batch_size}: not divisible by {self.replicas} replicas"
+            )
+        self.per_epoch = n_batches(len(self.train_cache), params.batch_size, self.drop_remainder)
+        if self.per_epoch == 0:
+            raise utils.PipelineError(
+                f"[train] batch_size={params.batch_size}: more than the {len(self.train_cache)} "
+                "training examples"
+            )
+        self.crop = crop_frames(cfg, params)
+        self.trainer = Trainer(cfg, params, strategy)
+        # Non-chief workers take part in the collective save but write to a private folder.
+        self.ckpt_dir = dirs.checkpoints if self.chief else dirs.checkpoints / f".worker_{os.getpid()}"
+        self.manager = tf.train.CheckpointManager(self.trainer.checkpoint, str(self.ckpt_dir), max_to_keep=3)
+        if restoring:
+            self.restore()
+        dirs.checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.chief:
+            utils.save_config(cfg, dirs.checkpoints / "config.ini")
+        self.history = History(dirs.checkpoints / "history.jsonl", keep_before_epoch=self.value("epoch"))
+        self.validator = Validator(cfg, params, test_cache)
+        self.writers = {
+            name: tf.summary.create_file_writer(str(dirs.logs / name))
+            if self.chief
+            else tf.summary.create_noop_writer()
+            for name in ("train", "validation")
+        }  # fmt: skip
+        self.mask_bound = cfg.getfloat("model", "mask_bound", fallback=2.0)
+
+    def value(self, name: str):
+        """A training-state variable as a Python number."""
+        return getattr(self.trainer, name).numpy().item()
+
+    def restore(self) -> None:
+        self.trainer.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info(
+            f"resumed {self.manager.latest_checkpoint}: epoch {self.value('epoch') + 1}, "
+            f"batch {self.value('batch')}, step {self.value('step')}"
+        )
+
+    def save(self) -> str:
+        with _deferred_interrupt():
+            return self.manager.save(checkpoint_number=self.value("step"))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> None:
+        p = self.params
+        log.info(
+            f"run {self.dirs.checkpoints.name}: {len(self.train_cache)} training clips, {self.per_epoch} "
+            f"batches of {p.batch_size} x {self.crop} frames per epoch, {len(self.validator)} validation "
+            f"clips, {self.replicas} replica(s)"
+        )
+        if self.value("epoch") >= p.epochs:
+            log.info(f"nothing to do: {self.value('epoch')} of [train] epochs={p.epochs} already trained")
+        try:
+            while self.value("epoch") < p.epochs:
+                epoch = self.value("epoch")  # 0-based; shown 1-based
+                seconds, clips = self.train_epoch(epoch)
+                self.end_epoch(epoch, seconds, clips)
+        except KeyboardInterrupt:
+            path = self.save()
+            log.warning(
+                f"interrupted: checkpoint {path}; continue with "
+                f"--resume --run-name {self.dirs.checkpoints.name}"
+            )
+            raise
+        finally:
+            for w in self.writers.values():
+                w.flush()
+            if not self.chief:
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """Runs the remaining batches of `epoch`; returns (seconds, clips)."""
+        p, done = self.params, self.value("batch")
+        ds = make_dataset(self.train_cache, p.seed, epoch, self.crop, p.batch_size, done, self.drop_remainder)
+        if self.replicas > 1:
+            ds = self.strategy.experimental_distribute_dataset(ds)
+        started, clips = time.perf_counter(), 0
+        bar = _progress(self.per_epoch, done, epoch, p.epochs, enabled=self.progress and self.chief)
+        for batch in ds:
+            loss, norm, applied = self.trainer.train_step(batch)
+            clips += p.batch_size if self.replicas > 1 else int(batch[0].shape[0])
+            step = self.after_step(epoch, loss, norm, applied)
+            bar.update(1)
+            count = self.value("epoch_loss_count")
+            if count:
+                bar.set_postfix(loss=f"{self.value('epoch_loss_sum') / count:.4f}", refresh=False)
+            if step % p.checkpoint_steps == 0 and self.value("batch") < self.per_epoch:
+                self.save()  # (the epoch-end checkpoint follows the last batch anyway)
+        bar.close()
+        return time.perf_counter() - started, clips
+
+    def after_step(self, epoch: int, loss: float, norm: float, applied: bool) -> int:
+        """Counts the step, logs it, and stops after max_nonfinite_steps skipped updates in a row."""
+        t = self.trainer
+        with _deferred_interrupt():
+            t.step.assign_add(1)
+            t.batch.assign_add(1)
+            if applied:
+                t.nonfinite_streak.assign(0)
+                t.epoch_loss_sum.assign_add(loss)
+                t.epoch_loss_count.assign_add(1)
+            else:
+                t.nonfinite_streak.assign_add(1)
+        step = self.value("step")
+        with self.writers["train"].as_default(step=step):
+            self.summary.scalar("batch/loss", loss)
+            self.summary.scalar("batch/grad_norm", norm)
+            self.summary.scalar("batch/learning_rate", float(t.optimizer.learning_rate.numpy()))
+        if not applied:
+            streak = self.value("nonfinite_streak")
+            log.warning(f"step {step}: non-finite loss ({loss}) or gradient norm ({norm}); update skipped")
+            if streak >= self.params.max_nonfinite_steps:
+                path = self.save()
+                raise utils.PipelineError(
+                    f"train.py: {streak} non-finite losses in a row (epoch {epoch + 1}, step {step}); "
+                    "stopped. "
+                    f"Last good weights: {path}; lower [train] learning_rate or check the data"
+                )
+        return step
+
+    def end_epoch(self, epoch: int, train_seconds: float, clips: int) -> None:
+        """Validation (every validation_interval epochs and the last), summaries, history, checkpoint."""
+        p, t = self.params, self.trainer
+        count = self.value("epoch_loss_count")
+        train_loss = self.value("epoch_loss_sum") / count if count else math.nan
+        val, val_seconds = None, 0.0
+        if not len(self.validator) and self.chief:  # no validation set: the latest model is the best
+            _export_best(t, self.cfg, self.dirs, epoch + 1, {})
+        elif (epoch + 1) % p.validation_interval == 0 or epoch + 1 == p.epochs:
+            started = time.perf_counter()
+            val = self.validate(epoch + 1)
+            val_seconds = time.perf_counter() - started
+        rate = clips / train_seconds if train_seconds > 0 else math.nan
+        with self.writers["train"].as_default(step=epoch + 1):
+            self.summary.scalar("epoch/loss", train_loss)
+            self.summary.scalar("epoch/clips_per_second", rate)
+        for w in self.writers.values():
+            w.flush()
+        log.info(_format_epoch(epoch + 1, p.epochs, train_loss, val, train_seconds + val_seconds, rate))
+        if self.chief:
+            self.history.add(
+                {
+                    "epoch": epoch + 1,
+                    "step": self.value("step"),
+                    "train_loss": train_loss,
+                    "train_seconds": train_seconds,
+                    "validation_seconds": val_seconds,
+                    "clips": clips,
+                    "clips_per_second": rate,
+                    "validation": val,
+                }  # fmt: skip
+            )
+        with _deferred_interrupt():
+            t.epoch.assign_add(1)
+            t.batch.assign(0)
+            t.epoch_loss_sum.assign(0.0)
+            t.epoch_loss_count.assign(0)
+            self.manager.save(checkpoint_number=self.value("step"))
+
+    def validate(self, epoch: int) -> dict:
+        """Scores the fixed validation subset; writes summaries, listening copies and best/."""
+        val, outputs = self.validator.run(self.trainer)
+        if not self.chief:
+            return val
+        sp, writer = self.validator.sp, self.writers["validation"]
+        with writer.as_default(step=epoch):
+            for key, value in val.items():
+                self.summary.scalar(f"epoch/{key}", value)
+        write_examples_summary(writer, outputs, epoch, sp.sample_rate, self.mask_bound)
+        write_examples_audio(self.dirs.enhanced / f"epoch_{epoch}", outputs, sp.sample_rate)
+        si = val.get("si_sdr", math.nan)
+        if math.isfinite(si) and si > self.value("best_si_sdr"):
+            self.trainer.best_si_sdr.assign(si)
+            _export_best(self.trainer, self.cfg, self.dirs, epoch, val)
+        return val
+
+
+def train(cfg, run_name: str | None = None, resume: bool = False, strategy="default", overwrite: bool = False,
+          progress: bool = True) -> Path:  # fmt: skip
+    """Trains (or resumes) run `run_name` and returns its checkpoint folder <checkpoint_dir>/<run>.
+
+    strategy: "default" | "mirrored" | "multiworker" or a tf.distribute.Strategy.
+    """
+    params = TrainParams.from_config(cfg)
+    dirs = RunDirs.from_config(cfg, run_name or params.run_name)
+    restoring = prepare_run(cfg, dirs, resume, overwrite)
+    with run_lock(dirs.checkpoints):
+        _seed_everything(params.seed, params.deterministic)
+        Run(cfg, params, dirs, make_strategy(strategy), restoring, progress).fit()
+    return dirs.checkpoints
+
+
+def _progress(total: int, initial: int, epoch: int, epochs: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+        disable=not enabled, dynamic_ncols=True,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    utils.add_config_args(parser)
+    parser.add_argument(
+        "--run-name", help="run folder name under checkpoint_dir, log_dir and enhanced_dir "
+        "(default: [train] run_name, else 'default')",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of that name first")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="default",
+        help="tf.distribute strategy: default (one device), mirrored (all GPUs, else all logical CPUs), "
+        "multiworker (cluster from TF_CONFIG)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    args = parser.parse_args(argv)
+    log.propagate = False  # TensorFlow may add a root handler: print each line once
+    cfg = utils.config_from_args(args)
+    folder = train(
+        cfg, args.run_name, resume=args.resume, strategy=args.strategy, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(f"run folder: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(utils.run_main(main))
