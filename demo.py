@@ -26,17 +26,17 @@ SPLITS = {"clean_train_path": "clean_train", "clean_test_path": "clean_test",
           "noise_train_path": "noise_train", "noise_test_path": "noise_test"}  # fmt: skip
 
 # Small enough for minutes on 2 cores; the full settings stay in config.ini / data/config.ini.
-DEMO_DATA = {"file_length": 3, "total_training_files": 240, "total_testing_files": 40}
+DEMO_DATA = {"file_length": 3, "total_training_files": 1000, "total_testing_files": 100}
 DEMO_TRAIN = {
     "model.projection_units": 128,
     "model.lstm_units": 128,
     "model.lstm_layers": 2,
     "model.dense_units": 128,
-    "train.epochs": 8,
+    "train.epochs": 20,
     "train.batch_size": 8,
     "train.learning_rate": 1e-3,
     "train.crop_seconds": 2.0,
-    "train.validation_files": 16,
+    "train.validation_files": 32,
     "train.audio_examples": 2,
 }
 QUICK_DATA = {"file_length": 2, "total_training_files": 16, "total_testing_files": 4}
