@@ -127,13 +127,13 @@ def main(argv=None) -> int:
     model_dir = workdir / "cp" / args.run_name / "best"
     run([py, "evaluate.py", *sets(train_sets), "--model", model_dir, "--out", results])
     noisy = sorted((data_dir / "NoisySpeech_testing").glob("*.wav"))[:3]
-    enhanced = workdir / "enhanced" / args.run_name / "files"
+    enhanced = workdir / "enhanced"  # the original repo's ./enhanced
     run([py, "enhance.py", *map(str, noisy), "-o", enhanced, "--model", model_dir, *sets(paths)])
 
     minutes = (time.time() - started) / 60
     print(f"\nDemo finished in {minutes:.1f} min. Where to look:")
     print(f"  TensorBoard:     tensorboard --logdir {workdir / 'logs' / 'gradient_tape'}  (make tensorboard)")
-    print(f"  enhanced audio:  {enhanced}  and  {workdir / 'enhanced' / args.run_name}/epoch_*/")
+    print(f"  enhanced audio:  {enhanced}/*.wav  and, per epoch, {enhanced / args.run_name}/epoch_*/")
     print(f"  results table:   {results / 'snr_table.md'}  and  {results / 'summary.json'}")
     print(f"  model:           {model_dir}")
     return 0

@@ -19,6 +19,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (tmp_path / "Training_STFT" / "meta.json").is_file()
     assert (tmp_path / "cp" / "demo" / "best" / "model.weights.h5").is_file()
     assert list((tmp_path / "logs" / "gradient_tape" / "demo").rglob("events.out.tfevents.*"))
-    assert list((tmp_path / "enhanced" / "demo" / "files").glob("*.wav"))
+    assert list((tmp_path / "enhanced").glob("*.wav"))
+    assert list((tmp_path / "enhanced" / "demo").glob("epoch_*/*.wav"))
     assert (tmp_path / "results" / "demo" / "summary.json").is_file()
     assert "Where to look" in out.stdout
