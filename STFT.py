@@ -44,13 +44,40 @@ class StftParams:
 
     @classmethod
     def from_config(cls, cfg) -> StftParams:
+        """From [STFT]; a missing or bad key is a one-line PipelineError naming it (never a KeyError)."""
+        where = f"{Path(getattr(cfg, 'source', 'config.ini')).name}: [STFT]"
+        if not cfg.has_section("STFT"):
+            raise utils.PipelineError(f"{where} section is missing")
         s = cfg["STFT"]
-        if s.get("window_type", "hann").lower() != "hann":
-            raise utils.PipelineError(f"[STFT] window_type={s.get('window_type')}: only hann is supported")
-        sr = s.getint("sample_rate")
-        return cls(
-            sr, round(s.getfloat("window_length") * sr), round(s.getfloat("hop_size") * sr), s.getint("n_fft")
-        )
+        if s.get("window_type", "hann").strip().lower() != "hann":
+            raise utils.PipelineError(f"{where} window_type={s.get('window_type')}: only hann is supported")
+
+        def number(key: str, kind):
+            if key not in s:
+                raise utils.PipelineError(f"{where} {key} is missing")
+            try:
+                value = kind(s[key].strip())
+            except ValueError:
+                raise utils.PipelineError(f"{where} {key}={s[key]!r} is not {kind.__name__}") from None
+            if not (math.isfinite(value) and value > 0):
+                raise utils.PipelineError(f"{where} {key}={s[key]!r} must be > 0")
+            return value
+
+        def samples(key: str, sr: int) -> int:
+            # a window or hop that is not a whole number of samples would be silently rounded
+            exact = number(key, float) * sr
+            if abs(exact - round(exact)) > 1e-6:
+                raise utils.PipelineError(f"{where} {key}={s[key]} is {exact:.6g} samples at {sr} Hz, not whole")
+            return round(exact)
+
+        sr = number("sample_rate", int)
+        p = cls(sr, samples("window_length", sr), samples("hop_size", sr), number("n_fft", int))
+        if not p.hop <= p.win_length <= p.n_fft:
+            raise utils.PipelineError(
+                f"{where} needs 0 < hop_size <= window_length <= n_fft samples "
+                f"(got hop {p.hop}, window {p.win_length}, n_fft {p.n_fft})"
+            )
+        return p
 
     @property
     def n_bins(self) -> int:

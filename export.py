@@ -4,7 +4,9 @@
 
 Writes into --out:
     saved_model/               tf.saved_model: signature "serving_default" features (B, T, F, C) -> mask
-                               (B, T, F, 2) for any B and T; causal models also get "step" (one frame
+                               (B, T, F, 2) for any B and T; "enhance" wave (N,) float32 at the model
+                               rate -> enhanced (N,) (STFT, features, mask, iSTFT all in the graph: no
+                               Python signal code needed); causal models also get "step" (one frame
                                and the LSTM states in, mask and new states out).
     model_float32.tflite       causal models only: the streaming step, frame (1, F, C) + states h_i, c_i
                                (1, units) in -> mask (1, F, 2) + h_i_out, c_i_out out. The STFT, the features,
@@ -76,6 +78,25 @@ def _clip_function(model, cfg):
     return tf.function(lambda features: {"mask": model(features, training=False)}, input_signature=[spec])
 
 
+def _wave_function(model, cfg):
+    """tf.function(wave (N,)) -> {"enhanced": (N,)} at the model rate, the whole chain in the graph.
+
+    Built from the TF twins of the STFT code (same framing, features and iSTFT as training), so a
+    SavedModel user needs no Python signal code: this equals enhance.Enhancer's offline output.
+    """
+    import model as M
+
+    tf = M.tf
+    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+
+    def fn(wave):
+        X = STFT.stft_tf(wave, sp)[None]  # (1, T, F)
+        mask = model(STFT.features_tf(X, fp, sp), training=False)  # lookahead pad/crop is in the model
+        return {"enhanced": STFT.istft_tf(M.apply_mask(X, mask)[0], sp, length=tf.shape(wave)[0])}
+
+    return tf.function(fn, input_signature=[tf.TensorSpec((None,), tf.float32, name="wave")])
+
+
 def save_savedmodel(model, cfg, folder: Path, causal: bool) -> dict:
     """tf.saved_model.save of a tf.Module holding the model; written to a temp folder and renamed."""
     import shutil
@@ -87,7 +108,11 @@ def save_savedmodel(model, cfg, folder: Path, causal: bool) -> dict:
     module = tf.Module()
     module.model = model
     module.clip = _clip_function(model, cfg)
-    signatures = {"serving_default": module.clip.get_concrete_function()}
+    module.enhance = _wave_function(model, cfg)
+    signatures = {
+        "serving_default": module.clip.get_concrete_function(),
+        "enhance": module.enhance.get_concrete_function(),
+    }
     if causal:
         module.step, _ = _step_function(model, cfg)
         signatures["step"] = module.step.get_concrete_function()

@@ -46,6 +46,10 @@ def _check(reference: np.ndarray, estimate: np.ndarray) -> None:
 
 
 def _db(num: float, den: float) -> float:
+    """10 log10(num / den); +inf for an exact estimate (den 0), -inf for no target (num 0); 0 / 0 has no
+    value and raises (it used to give +inf, a perfect score for a silent estimate)."""
+    if num <= 0 and den <= 0:
+        raise MetricError("0 / 0 energy ratio (silent target and error)")
     if den <= 0:
         return math.inf
     if num <= 0:
@@ -86,7 +90,8 @@ def si_sdr(reference, estimate, zero_mean: bool = True) -> float:
     done?", ICASSP 2019).
 
     After removing the means: alpha = <x, s> / |s|^2, target = alpha s, e = x - target,
-    SI-SDR = 10 log10(|target|^2 / |e|^2). Invariant to any non-zero scaling of the estimate.
+    SI-SDR = 10 log10(|target|^2 / |e|^2). Invariant to any non-zero scaling of the estimate; a silent
+    (all-zero, or constant with zero_mean) estimate has no scale to undo and raises MetricError.
     """
     s, x = _as_1d(reference, "reference"), _as_1d(estimate, "estimate")
     _check(s, x)
@@ -95,6 +100,10 @@ def si_sdr(reference, estimate, zero_mean: bool = True) -> float:
     ss = float(np.dot(s, s))
     if ss == 0:
         raise MetricError("reference is constant")
+    if not np.any(x):
+        raise MetricError(
+            "estimate is silent (all zeros" + (" after removing the mean)" if zero_mean else ")")
+        )
     target = (np.dot(x, s) / ss) * s
     return _db(float(np.dot(target, target)), float(np.sum((x - target) ** 2)))
 
@@ -102,7 +111,8 @@ def si_sdr(reference, estimate, zero_mean: bool = True) -> float:
 def snr(reference, estimate) -> float:
     """SNR(x, s) = 10 log10(sum s^2 / sum (s - x)^2) in dB, x = estimate, s = reference.
 
-    Plain (not scale-invariant): a gain error counts as noise. +inf when x == s exactly.
+    Plain (not scale-invariant): a gain error counts as noise. +inf when x == s exactly; a silent
+    estimate scores 0 dB (all of s is error), by definition.
     """
     s, x = _as_1d(reference, "reference"), _as_1d(estimate, "estimate")
     _check(s, x)

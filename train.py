@@ -21,7 +21,13 @@ Outputs, for run NAME:
 
 Validation scores waveforms against the TRUE clean speech read from disk: the model's output is
 istft(M * X) with the model's own phase; the noisy input is scored beside it.
-Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint.
+Validation uses the first [train] validation_files rows of the TEST split; best/metrics.json lists
+their manifest indices and evaluate.py also reports its scores without them. A failed SDR / SI-SDR /
+SNR on a validation file (silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
+Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint exactly
+(the update and the step counter change in one graph call). --resume refuses a change of [STFT],
+[features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, clip_norm,
+validation_files.
 """
 
 from __future__ import annotations
@@ -51,8 +57,15 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 VAL_METRICS = ("sdr", "si_sdr", "snr")
 # Validation examples per inference call (equal lengths only, so no padding).
 VAL_BATCH = 8
-# Sections a checkpoint depends on: a resumed run must not change them.
-MODEL_SECTIONS = ("STFT", "features", "model")
+# What a checkpoint's weights, optimizer state, data order and best_si_sdr depend on: --resume refuses
+# a change to these sections and [train] keys (validation_files too: best_si_sdr was measured on that
+# subset). epochs, validation_interval, checkpoint_steps, audio_examples, max_nonfinite_steps,
+# deterministic and run_name may change on resume.
+MODEL_SECTIONS = ("STFT", "features", "model", "loss")
+FIXED_TRAIN_KEYS = ("seed", "batch_size", "crop_seconds", "learning_rate", "clip_norm", "validation_files")
+# A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
+# many dB in the epoch mean, so silencing files can never raise the score that picks best/.
+FAILED_DB = -50.0
 
 
 # ----------------------------------------------------------------------------- settings
@@ -331,7 +344,20 @@ class Trainer:
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        self._count_step(loss, applied)
         return loss, norm, applied
+
+    def _count_step(self, loss, applied):
+        """Counts the step in the same graph call as the update: Ctrl-C lands before or after both,
+        never between (new weights saved with the old counter would replay the batch on --resume)."""
+        tf = self.tf
+        self.step.assign_add(1)
+        self.batch.assign_add(1)
+        self.nonfinite_streak.assign(tf.where(applied, tf.constant(0, tf.int64), self.nonfinite_streak + 1))
+        self.epoch_loss_sum.assign_add(
+            tf.where(applied, tf.cast(loss, tf.float64), tf.constant(0.0, tf.float64))
+        )
+        self.epoch_loss_count.assign_add(tf.cast(applied, tf.int64))
 
     def _gradients(self, noisy, clean, valid):
         loss, grads = self.strategy.run(self._replica_grads, args=(noisy, clean, valid))
@@ -347,8 +373,9 @@ class Trainer:
         return float(loss), float(norm), [g.numpy() for g in grads]
 
     def train_step(self, batch):
-        """One update on a (noisy, clean, valid) batch (distributed when the strategy has replicas);
-        returns (loss, grad_norm, applied) as Python values; a non-finite loss applies nothing."""
+        """One update on a (noisy, clean, valid) batch (distributed when the strategy has replicas) and
+        the step / batch / epoch-loss counters; returns (loss, grad_norm, applied) as Python values;
+        a non-finite loss applies nothing."""
         loss, norm, applied = self._step_fn(*batch)
         return float(loss), float(norm), bool(applied)
 
@@ -400,6 +427,9 @@ class Validator:
         self.metrics = metrics
         self.sp = STFT.StftParams.from_config(cfg)
         n = min(params.validation_files, len(cache))
+        # Manifest indices of the validation files (test split), stored in best/metrics.json so
+        # evaluate.py can report the test scores without them.
+        self.manifest_indices = [int(cache.rows[i]["manifest_index"]) for i in range(n)]
         self.examples = []
         for i in range(n):
             row = cache.rows[i]
@@ -439,15 +469,30 @@ class Validator:
                 rows[k] = values
                 if k < self.n_audio:
                     outputs[k] = (ex, S_hat_j, mask_j, enhanced)
-        keys = rows[0].keys() if rows else ()
-        summary = {key: _nanmean([r[key] for r in rows.values()]) for key in keys}
-        return summary, [outputs[k] for k in sorted(outputs)]
+        return summarize_validation([rows[k] for k in sorted(rows)]), [outputs[k] for k in sorted(outputs)]
 
 
-def _nanmean(values) -> float:
-    a = np.asarray(values, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
+def summarize_validation(rows: list[dict]) -> dict:
+    """Means over the validation files. A failed dB metric (NaN: silent or non-finite output; -inf)
+    counts as FAILED_DB rather than being dropped, so a model that silences files cannot win best/;
+    +inf (an exact estimate) counts as 100 dB. The loss averages its finite values. <m>_failed counts
+    the model's failures per metric."""
+    summary = {}
+    for key in rows[0] if rows else ():
+        a = np.array([r[key] for r in rows], np.float64)
+        failed = np.isnan(a) | np.isneginf(a)
+        if key == "loss":
+            summary[key] = float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else math.nan
+        else:
+            summary[key] = float(np.nan_to_num(a, nan=FAILED_DB, neginf=FAILED_DB, posinf=100.0).mean())
+        if key in (*VAL_METRICS, "snri"):
+            summary[f"{key}_failed"] = int(failed.sum())
+    if summary.get("si_sdr_failed"):
+        log.warning(
+            f"validation: SI-SDR failed on {summary['si_sdr_failed']} of {len(rows)} files "
+            f"(silent or non-finite output), each counted as {FAILED_DB:g} dB"
+        )
+    return summary
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -504,12 +549,25 @@ def write_examples_audio(folder: Path, outputs, sample_rate: int) -> None:
 # ----------------------------------------------------------------------------- run folder
 
 
-def _same_model_settings(a, b) -> list[str]:
+def _resume_conflicts(saved, cfg) -> list[str]:
+    """Settings of MODEL_SECTIONS and FIXED_TRAIN_KEYS that differ between the saved and new config
+    (numbers compared as numbers, so 2.1e-4 == 0.00021)."""
+
+    def norm(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return v
+
     diffs = []
     for section in MODEL_SECTIONS:
-        sa = dict(a.items(section)) if a.has_section(section) else {}
-        sb = dict(b.items(section)) if b.has_section(section) else {}
-        diffs += [f"[{section}] {k}" for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+        sa = dict(saved.items(section)) if saved.has_section(section) else {}
+        sb = dict(cfg.items(section)) if cfg.has_section(section) else {}
+        diffs += [f"[{section}] {k} {sa.get(k)} -> {sb.get(k)}" for k in sorted(set(sa) | set(sb))
+                  if norm(sa.get(k)) != norm(sb.get(k))]  # fmt: skip
+    pa, pb = TrainParams.from_config(saved), TrainParams.from_config(cfg)
+    diffs += [f"[train] {k} {getattr(pa, k)} -> {getattr(pb, k)}" for k in FIXED_TRAIN_KEYS
+              if getattr(pa, k) != getattr(pb, k)]  # fmt: skip
     return diffs
 
 
@@ -537,11 +595,13 @@ def prepare_run(cfg, dirs: RunDirs, resume: bool, overwrite: bool) -> bool:
         log.warning(f"--resume: no checkpoint in {dirs.checkpoints}; starting a new run")
         return False
     saved = dirs.checkpoints / "config.ini"
-    if saved.is_file():
-        diffs = _same_model_settings(utils.load_config(saved), cfg)
+    if saved.is_file():  # refused before anything is written: the saved config.ini stays as it was
+        diffs = _resume_conflicts(utils.load_config(saved), cfg)
         if diffs:
             raise utils.PipelineError(
-                f"train.py: --resume with other model settings than {saved} ({', '.join(diffs[:3])})"
+                f"train.py: --resume with other settings than {saved} ({'; '.join(diffs[:3])}); only "
+                "epochs, validation_interval, checkpoint_steps, audio_examples and max_nonfinite_steps "
+                "may change"
             )
     return True
 
@@ -633,14 +693,22 @@ def _format_epoch(epoch: int, epochs: int, train_loss: float, val: dict | None, 
     return text + f"  {seconds:.1f} s  {rate:.1f} clips/s"
 
 
-def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict) -> None:
-    """best/ = model.save_trained + metrics.json, swapped in by renames so it is never half-written."""
+def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, val_indices: list[int]) -> None:
+    """best/ = model.save_trained + metrics.json, swapped in by renames so it is never half-written.
+    metrics.json names the test-split files validation used (evaluate.py reports scores without them)."""
     tmp, old = dirs.checkpoints / ".best.tmp", dirs.checkpoints / ".best.old"
     for folder in (tmp, old):
         shutil.rmtree(folder, ignore_errors=True)
     trainer.model_lib.save_trained(trainer.model, cfg, tmp)
     with utils.atomic_write(tmp / "metrics.json", "w") as f:
-        json.dump({"epoch": epoch, "step": int(trainer.step.numpy()), "validation": val}, f, indent=2)
+        record = {
+            "epoch": epoch,
+            "step": int(trainer.step.numpy()),
+            "validation": val,
+            "validation_split": "testing",
+            "validation_manifest_indices": list(val_indices),
+        }
+        json.dump(record, f, indent=2)
     if dirs.best.exists():
         dirs.best.rename(old)
     tmp.rename(dirs.best)
@@ -774,17 +842,9 @@ class Run:
         return time.perf_counter() - started, clips
 
     def after_step(self, epoch: int, loss: float, norm: float, applied: bool) -> int:
-        """Counts the step, logs it, and stops after max_nonfinite_steps skipped updates in a row."""
+        """Logs the step (train_step counted it) and stops after max_nonfinite_steps skipped updates
+        in a row."""
         t = self.trainer
-        with _deferred_interrupt():
-            t.step.assign_add(1)
-            t.batch.assign_add(1)
-            if applied:
-                t.nonfinite_streak.assign(0)
-                t.epoch_loss_sum.assign_add(loss)
-                t.epoch_loss_count.assign_add(1)
-            else:
-                t.nonfinite_streak.assign_add(1)
         step = self.value("step")
         with self.writers["train"].as_default(step=step):
             self.summary.scalar("batch/loss", loss)
@@ -809,7 +869,7 @@ class Run:
         train_loss = self.value("epoch_loss_sum") / count if count else math.nan
         val, val_seconds = None, 0.0
         if not len(self.validator) and self.chief:  # no validation set: the latest model is the best
-            _export_best(t, self.cfg, self.dirs, epoch + 1, {})
+            _export_best(t, self.cfg, self.dirs, epoch + 1, {}, [])
         elif (epoch + 1) % p.validation_interval == 0 or epoch + 1 == p.epochs:
             started = time.perf_counter()
             val = self.validate(epoch + 1)
@@ -855,7 +915,7 @@ class Run:
         si = val.get("si_sdr", math.nan)
         if math.isfinite(si) and si > self.value("best_si_sdr"):
             self.trainer.best_si_sdr.assign(si)
-            _export_best(self.trainer, self.cfg, self.dirs, epoch, val)
+            _export_best(self.trainer, self.cfg, self.dirs, epoch, val, self.validator.manifest_indices)
         return val
 
 

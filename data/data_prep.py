@@ -68,7 +68,7 @@ MAX_ATTEMPTS = 100  # draws per mixture before giving up on finding an active cl
 CACHE_BYTES = 512 * 2**20  # decoded sources kept per worker process
 PARTIAL_READ_S = 60.0  # longer files at the target rate are read segment by segment, not cached whole
 PARTIAL_FORMATS = {"WAV", "WAVEX", "FLAC", "AIFF", "RF64", "W64", "CAF"}  # exact frame counts, fast seeks
-VERSION = 1  # bump when the mixing algorithm changes, so old outputs are not silently resumed
+VERSION = 2  # bump when the mixing algorithm changes, so old outputs are not silently resumed
 
 log = utils.get_logger("data_prep")
 
@@ -172,7 +172,7 @@ def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -
     """Lists a folder's audio cheaply (headers only).
 
     Returns (usable Sources, skipped (path, reason) pairs, every file's (relative path, size) for the
-    state hash). Content problems (NaN, all zeros) are found later, when a worker decodes the file.
+    state hash). Content problems (NaN, all zeros) are found later, by `first_usable` or a worker.
     """
     found = [p for p in utils.find_audio(folder) if not any(p.is_relative_to(x) for x in exclude)]
     usable, skipped, listing = [], [], []
@@ -257,11 +257,14 @@ class SourceReader:
         """Applies utils.read_audio's content checks to a long file, block by block."""
         if src.path in self._checked:
             return
-        any_sound = False
+        any_sound, frames = False, 0
         for block in sf.blocks(src.path, blocksize=2**20, dtype="float32", always_2d=True):
             if not np.all(np.isfinite(block)):
                 raise utils.AudioError(src.path, "contains NaN or Inf samples")
             any_sound = any_sound or bool(np.any(block))
+            frames += len(block)
+        if frames != src.frames:  # found here, in every process alike, not by whichever segment read fails
+            raise utils.AudioError(src.path, "shorter than its header says")
         if not any_sound:
             raise utils.AudioError(src.path, "silent (all samples are zero)")
         self._checked.add(src.path)
@@ -382,6 +385,7 @@ class Job:
     clean_dir: str
     noise_dir: str
     output_path: str
+    bad: tuple = ()  # (path, reason) of files the main process already found unusable
 
 
 @dataclass
@@ -397,6 +401,7 @@ class Mixer:
     def __init__(self, job: Job):
         self.job = job
         self.reader = SourceReader(job.sample_rate)
+        self.reader.bad.update(job.bad)
         self.out = Path(job.output_path)
         self.file_bytes = len(_wav_bytes(np.zeros(job.n_samples, np.float32), job.sample_rate))
 
@@ -408,10 +413,20 @@ class Mixer:
     def _fail(self, src: Source, reason: str) -> None:
         self.reader.bad.setdefault(src.path, reason)
 
+    @staticmethod
+    def _draw(rng: np.random.Generator, sources: tuple) -> tuple[Source, float]:
+        """A file and a start fraction, both drawn before any I/O.
+
+        Every attempt consumes exactly these two draws whether the file turns out bad, too short or
+        fails mid-read, so a mixture's stream never depends on what this process read before (which
+        differs with the worker count and the order chunks finish).
+        """
+        return sources[int(rng.integers(len(sources)))], float(rng.random())
+
     def pick_clean(self, rng: np.random.Generator):
         job, best = self.job, None
         for _ in range(MAX_ATTEMPTS):
-            src = job.clean[int(rng.integers(len(job.clean)))]
+            src, u = self._draw(rng, job.clean)
             if src.path in self.reader.bad:
                 continue
             try:
@@ -419,7 +434,7 @@ class Mixer:
                 if length < job.n_samples:
                     self._fail(src, f"too short ({length / job.sample_rate:.2f} s after resampling)")
                     continue
-                start = int(rng.integers(0, length - job.n_samples + 1))
+                start = _start(u, length - job.n_samples + 1)
                 seg = self.reader.segment(src, start, job.n_samples)
             except utils.AudioError as e:
                 self._fail(src, e.reason)
@@ -438,7 +453,7 @@ class Mixer:
     def pick_noise(self, rng: np.random.Generator):
         job = self.job
         for _ in range(MAX_ATTEMPTS):
-            src = job.noise[int(rng.integers(len(job.noise)))]
+            src, u = self._draw(rng, job.noise)
             if src.path in self.reader.bad:
                 continue
             try:
@@ -447,7 +462,7 @@ class Mixer:
                     self._fail(src, f"too short ({length / job.sample_rate:.2f} s after resampling)")
                     continue
                 hi = length - job.n_samples + 1 if length >= job.n_samples else length
-                start = int(rng.integers(0, hi))
+                start = _start(u, hi)
                 seg = self.reader.segment(src, start, job.n_samples)
             except utils.AudioError as e:
                 self._fail(src, e.reason)
@@ -487,6 +502,11 @@ class Mixer:
             self.make(i, result)
         result.bad = dict(self.reader.bad)
         return result
+
+
+def _start(u: float, count: int) -> int:
+    """One of range(count) from a uniform u in [0, 1) (min: u * count may round up to count)."""
+    return min(int(u * count), count - 1)
 
 
 def _size(path: Path) -> int:
@@ -587,6 +607,42 @@ class SplitPlan:
         return Path(self.job.output_path) / f"data_prep_state_{self.split}.json"
 
 
+def _content_problem(reader: SourceReader, src: Source, kind: str, min_samples: int) -> str | None:
+    """Why a source cannot be used (the checks a worker would make), or None."""
+    sr = reader.sample_rate
+    try:
+        length = reader.length(src)  # decodes (or checks block by block): unreadable, NaN/Inf, all zero
+    except utils.AudioError as e:
+        return e.reason
+    if length < min_samples:
+        return f"too short ({length / sr:.2f} s after resampling)"
+    if src.partial(sr):
+        return None  # long file: finite and not all zero was checked without decoding it whole
+    x = reader._decoded(src)
+    if kind == "clean" and active_fraction(x, sr) == 0:
+        return "silent (no 20-ms frame above -100 dBFS)"
+    if kind == "noise" and is_silent(x):
+        return "silent (RMS below -100 dBFS)"
+    return None
+
+
+def first_usable(sources, kind: str, sample_rate: int, min_samples: int) -> tuple[Source | None, list]:
+    """Decodes sources in file order until one is usable: (that source or None, [(path, reason)] before it).
+
+    The header scan cannot see content, so without this a set of all-NaN or all-zero files would pass
+    it and fail only in a worker, after folders and the state file were written. Stopping at the first
+    usable file keeps this cheap; the order is fixed, so the result does not depend on anything else.
+    """
+    reader = SourceReader(sample_rate, cache_bytes=0)  # keeps only the last decoded file
+    bad = []
+    for src in sources:
+        reason = _content_problem(reader, src, kind, min_samples)
+        if reason is None:
+            return src, bad
+        bad.append((src.path, reason))
+    return None, bad
+
+
 def plan_split(settings: Settings, split: str) -> SplitPlan:
     """Scans one split's sources; raises PipelineError (nothing written yet) when they are unusable."""
     out = settings.output_path
@@ -595,12 +651,16 @@ def plan_split(settings: Settings, split: str) -> SplitPlan:
     clean, skip_c, list_c = scan_sources(settings.clean[split], n, settings.sample_rate, exclude)
     min_noise = int(math.ceil(MIN_NOISE_S * settings.sample_rate))
     noise, skip_n, list_n = scan_sources(settings.noise[split], min_noise, settings.sample_rate, exclude)
-    for kind, usable, folder in (
-        ("clean", clean, settings.clean[split]),
-        ("noise", noise, settings.noise[split]),
+    decoded_bad = []
+    for kind, usable, folder, least in (
+        ("clean", clean, settings.clean[split], n),
+        ("noise", noise, settings.noise[split], min_noise),
     ):
-        if not usable:
-            raise utils.PipelineError(f"{folder}: no usable {kind} audio for the {split} split")
+        found, bad = first_usable(usable, kind, settings.sample_rate, least) if usable else (None, [])
+        if found is None:
+            why = f"; e.g. {bad[0][0]}: {bad[0][1]}" if bad else ""
+            raise utils.PipelineError(f"{folder}: no usable {kind} audio for the {split} split{why}")
+        decoded_bad += bad
     digest, state = state_digest(settings, split, list_c, list_n)
     job = Job(
         split=split,
@@ -613,8 +673,9 @@ def plan_split(settings: Settings, split: str) -> SplitPlan:
         clean_dir=str(settings.clean[split]),
         noise_dir=str(settings.noise[split]),
         output_path=str(out),
+        bad=tuple(decoded_bad),  # workers skip them without decoding them again
     )
-    return SplitPlan(split, job, settings.totals[split], digest, state, skip_c + skip_n)
+    return SplitPlan(split, job, settings.totals[split], digest, state, skip_c + skip_n + decoded_bad)
 
 
 def check_state(plan: SplitPlan, overwrite: bool) -> None:
@@ -738,6 +799,19 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStat
     )  # fmt: skip
 
 
+def _skip_empty_split(out: Path, split: str, overwrite: bool) -> None:
+    """A split with 0 mixtures is not mixed; its old outputs (a manifest STFT.py would cache) go or are named."""
+    manifest = out / f"manifest_{split}.csv"
+    if overwrite:
+        remove_outputs(out, split)
+        (out / f"data_prep_skipped_{split}.csv").unlink(missing_ok=True)
+    elif manifest.exists():
+        log.warning(
+            f"total_{split}_files = 0, but {manifest} from an earlier run is still there "
+            "(STFT.py would use it); --overwrite removes it"
+        )
+
+
 def prepare(cfg, splits=("training", "testing"), workers: int | None = None, overwrite: bool = False,
             progress: bool = True) -> list[SplitStats]:  # fmt: skip
     """Mixes the given splits; every check (sources, state) runs before anything is written."""
@@ -746,6 +820,8 @@ def prepare(cfg, splits=("training", "testing"), workers: int | None = None, ove
     plans = [plan_split(settings, s) for s in splits if settings.totals[s] > 0]
     for plan in plans:
         check_state(plan, overwrite)
+    for split in (s for s in splits if settings.totals[s] == 0):
+        _skip_empty_split(settings.output_path, split, overwrite)
     settings.output_path.mkdir(parents=True, exist_ok=True)
     cfg.set("data", "workers", str(settings.workers))
     utils.save_config(cfg, settings.output_path / "data_prep_config.ini")

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import stat
 import sys
@@ -89,6 +90,12 @@ def _total_size(response, start: int) -> int | None:
     return start + int(length) if length and length.isdigit() else None
 
 
+def _unsatisfied_size(headers) -> int | None:
+    """SIZE from a 416 reply's `Content-Range: bytes */SIZE`, or None when absent or malformed."""
+    match = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", (headers or {}).get("Content-Range", "") or "")
+    return int(match.group(1)) if match else None
+
+
 def fetch(url: str, dest: Path, md5: str | None = None, progress: bool = True) -> Path:
     """Downloads url to dest, resuming dest.part; verifies md5 when given. Returns dest."""
     from tqdm import tqdm
@@ -106,10 +113,15 @@ def fetch(url: str, dest: Path, md5: str | None = None, progress: bool = True) -
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and start:  # nothing left to fetch: the .part file is already complete
-            response = None
-        else:
+        if e.code != 416 or not start:
             raise utils.PipelineError(f"{url}: download failed (HTTP {e.code} {e.reason})") from e
+        # 416: nothing at or after `start`. Complete only if the server's size equals the .part's;
+        # a .part of another (or changed) file would otherwise be kept (and, without md5, accepted).
+        if _unsatisfied_size(e.headers) != start:
+            print(f"{url}: {part.name} does not match the file on the server; downloading again", file=sys.stderr)
+            part.unlink()
+            return fetch(url, dest, md5, progress)  # start == 0 now: no Range, no 416, no recursion
+        response = None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise utils.PipelineError(f"{url}: download failed ({reason}); run again to resume") from e

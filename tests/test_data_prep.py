@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +329,141 @@ def test_one_split_only(synthetic_corpus, tmp_path):
     assert run([*data_args(synthetic_corpus, out), "--split", "testing"])[0] == 0
     check_split(out, "testing", 3)
     assert not (out / "manifest_training.csv").exists()
+
+
+# ----------------------------------------------------------------------------- unusable sets, determinism
+
+
+def write_set(folder: Path, make, count: int = 2, seconds: float = 2.0) -> None:
+    """Replaces a corpus folder's files with `count` files of make(n_samples)."""
+    for p in folder.iterdir():
+        p.unlink()
+    for i in range(count):
+        sf.write(folder / f"bad_{i}.wav", make(int(seconds * SR)), SR, subtype="FLOAT")
+
+
+@pytest.mark.parametrize(
+    "folder,make,message",
+    [
+        ("clean_train", lambda n: np.full(n, np.nan, np.float32), "no usable clean audio"),
+        ("noise_test", lambda n: np.zeros(n, np.float32), "no usable noise audio"),
+        ("noise_train", lambda n: np.full(n, 1e-7, np.float32), "no usable noise audio"),  # finite, too quiet
+        ("clean_test", lambda n: np.full(n, 1e-7, np.float32), "no usable clean audio"),
+    ],
+)
+def test_unusable_content_is_one_line_and_writes_nothing(synthetic_corpus, tmp_path, capsys, folder, make,
+                                                         message):  # fmt: skip
+    """Headers look fine, content does not: refused before any folder or state file is written."""
+    write_set(synthetic_corpus / folder, make)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run(data_args(synthetic_corpus, out), capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and "bad_0.wav" in err
+    assert list(out.iterdir()) == []
+
+
+def test_unusable_files_before_a_good_one_are_reported(synthetic_corpus, tmp_path, capsys):
+    clean = synthetic_corpus / "clean_train"
+    sf.write(clean / "aaa_nan.wav", np.full(2 * SR, np.nan, np.float32), SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    code, stdout, _ = run(data_args(synthetic_corpus, out, total_testing_files=0), capsys)
+    assert code == 0
+    assert "aaa_nan.wav: contains NaN or Inf" in stdout  # found by the main process, listed at the end
+    assert "aaa_nan.wav" not in {Path(r["clean_source"]).name for r in read_manifest(out)}
+
+
+def test_worker_error_when_every_noise_draw_is_silent(synthetic_corpus, tmp_path):
+    """The worker's own check (the main process confirms one file only, so this can still happen)."""
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.full(2 * SR, 1e-7, np.float32), SR, subtype="FLOAT")
+    plan = make_plan(synthetic_corpus, tmp_path)
+    info = sf.info(str(quiet))
+    src = data_prep.Source(str(quiet), info.frames, info.samplerate, info.format)
+    mixer = data_prep.Mixer(dataclasses.replace(plan.job, noise=(src,)))
+    with pytest.raises(utils.PipelineError, match="no usable noise"):
+        mixer.pick_noise(np.random.default_rng(0))
+
+
+def make_plan(corpus: Path, tmp_path: Path, split: str = "training", **over) -> data_prep.SplitPlan:
+    cfg = utils.load_config(utils.DATA_CONFIG, data_args(corpus, tmp_path / "out", **over)[1::2])
+    return data_prep.plan_split(data_prep.Settings.from_config(cfg), split)
+
+
+def test_draws_do_not_depend_on_what_a_process_read_before(synthetic_corpus, tmp_path):
+    """A file that fails mid-read (after its start was drawn) uses up the same draws as a file this
+    process already knew was bad, so each mixture's picks are the same in every worker."""
+    job = make_plan(synthetic_corpus, tmp_path).job
+    bad = job.clean[1].path
+    knows = data_prep.Mixer(dataclasses.replace(job, bad=((bad, "known bad"),)))
+    finds = data_prep.Mixer(job)
+    real_read, failed = finds.reader._read, []
+
+    def read(src, start, n):
+        if src.path == bad:
+            failed.append(start)
+            raise utils.AudioError(src.path, "read error")
+        return real_read(src, start, n)
+
+    finds.reader._read = read
+    for index in range(1, 40):
+        picks = []
+        for mixer in (knows, finds):
+            src, start, _, _ = mixer.pick_clean(mixer.rng(index)[1])
+            picks.append((src.path, start))
+        assert picks[0] == picks[1], index
+    assert len(failed) == 1 and bad in finds.reader.bad  # the failing path really ran
+
+
+def digest_tree(folder: Path) -> dict[str, tuple[str, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_sources_are_not_modified(synthetic_corpus, tmp_path):
+    before = digest_tree(synthetic_corpus)
+    assert run(data_args(synthetic_corpus, tmp_path / "out"))[0] == 0
+    assert digest_tree(synthetic_corpus) == before
+
+
+def test_split_with_zero_mixtures_does_not_leave_a_stale_manifest(synthetic_corpus, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert run(data_args(synthetic_corpus, out))[0] == 0
+    manifest = out / "manifest_testing.csv"
+    assert manifest.is_file()
+    assert run(data_args(synthetic_corpus, out, total_testing_files=0))[0] == 0
+    assert manifest.is_file() and str(manifest) in caplog.text and "--overwrite" in caplog.text
+    assert run([*data_args(synthetic_corpus, out, total_testing_files=0), "--overwrite"])[0] == 0
+    assert not manifest.exists() and not (out / "NoisySpeech_testing").exists()
+    assert not (out / "data_prep_state_testing.json").exists()
+    check_split(out, "training", 6)  # the other split is untouched
+
+
+def test_killed_run_resumes_to_the_same_bytes(synthetic_corpus, tmp_path):
+    """SIGKILL (no cleanup at all) part-way through, re-run: byte-identical to an uninterrupted run."""
+    script = Path(data_prep.__file__)
+    over = {"file_length": 0.05, "total_training_files": 3000, "total_testing_files": 0, "workers": 2}
+    clean_out, killed_out = tmp_path / "clean", tmp_path / "killed"
+    noisy_dir = killed_out / "NoisySpeech_training"
+    # own session: the kill reaches the worker processes too, as a real crash would
+    proc = subprocess.Popen([sys.executable, str(script), *data_args(synthetic_corpus, killed_out, **over)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if noisy_dir.is_dir() and sum(1 for e in os.scandir(noisy_dir) if e.name.endswith(".wav")) > 20:
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "finished before it could be killed"
+    assert not (killed_out / "manifest_training.csv").exists()
+    written = sum(1 for p in noisy_dir.glob("*.wav"))
+    assert 0 < written < 3000
+    assert run(data_args(synthetic_corpus, killed_out, **over))[0] == 0
+    assert run(data_args(synthetic_corpus, clean_out, **over))[0] == 0
+    assert snapshot(killed_out) == snapshot(clean_out)

@@ -26,6 +26,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     root: Path
     ranges = True
+    content_range_416 = True  # a 416 reply says `Content-Range: bytes */SIZE` (RFC 9110 says it should)
     log: list
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -39,7 +40,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if match and self.ranges:
             start = int(match.group(1))
             if start >= len(data):
-                self.send_error(416)
+                self.send_response(416)
+                if self.content_range_416:
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -58,7 +63,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"root": root, "log": [], "ranges": True})
+    handler = type("Handler", (RangeHandler,), {"root": root, "log": [], "ranges": True, "content_range_416": True})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -237,3 +242,32 @@ def test_zip_symlinks_are_rejected(tmp_path):
     with pytest.raises(utils.PipelineError, match="refusing"):
         download.extract_zip(archive, {"noise_train": str(tmp_path / "out")}, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_416_with_a_complete_part_file_is_accepted(server, tmp_path):
+    url, www, handler = server
+    archive = librispeech_tar(www / "dev-clean.tar.gz", "dev-clean")
+    dest = tmp_path / "dev-clean.tar.gz"
+    (tmp_path / "dev-clean.tar.gz.part").write_bytes(archive)  # complete, but not yet renamed
+    download.fetch(f"{url}/dev-clean.tar.gz", dest, progress=False)
+    assert handler.log == [("/dev-clean.tar.gz", f"bytes={len(archive)}-")]  # nothing downloaded again
+    assert dest.read_bytes() == archive
+
+
+@pytest.mark.parametrize(
+    "extra,content_range",
+    [(b"bytes of some other, longer file", True), (b"", False)],
+    ids=["longer-part", "no-content-range"],
+)
+def test_416_without_a_matching_size_restarts(server, tmp_path, extra, content_range):
+    """A .part longer than the file (another file's, or the file changed) must not be taken as complete:
+    without an md5 nothing else would notice. No Content-Range: the size is unknown, so restart too."""
+    url, www, handler = server
+    handler.content_range_416 = content_range
+    archive = librispeech_tar(www / "dev-clean.tar.gz", "dev-clean")
+    dest = tmp_path / "dev-clean.tar.gz"
+    (tmp_path / "dev-clean.tar.gz.part").write_bytes(archive + extra)
+    download.fetch(f"{url}/dev-clean.tar.gz", dest, progress=False)
+    assert dest.read_bytes() == archive
+    assert [r for _, r in handler.log] == [f"bytes={len(archive + extra)}-", None]  # then from the start
+    assert not (tmp_path / "dev-clean.tar.gz.part").exists()

@@ -7,6 +7,9 @@ rounding of the mask (see the STFT module docstring); these tests are about enha
 
 from __future__ import annotations
 
+import os
+import stat
+
 import keras
 import numpy as np
 import pytest
@@ -68,7 +71,7 @@ def test_chunked_equals_whole(enhancers, lookahead, chunk):
     """Offline blocks with the state carried (stateful whole-chunk calls) == the whole clip at once."""
     enh = enhancers[lookahead]
     x = noisy()[: 33 * 160 + 77] if chunk == 1 else noisy()  # 1-sample chunks: a shorter clip (speed)
-    ref = enh(x)
+    ref = enh.whole(x)
     stream = enh.frame_stream(streaming=False)
     parts = [stream.process(x[i : i + chunk]) for i in range(0, len(x), chunk)]
     y = np.concatenate(parts + [stream.flush()])
@@ -82,7 +85,7 @@ def test_realtime_stream_odd_chunks(enhancers, lookahead):
     """Frame by frame, odd chunk sizes (1, 7, 161, ...): len(out) == len(in), out[delay:] == offline."""
     enh = enhancers[lookahead]
     x = noisy()
-    ref = enh(x)
+    ref = enh.whole(x)
     stream = enh.stream()
     assert stream.delay == 400 + 160 * lookahead  # window + lookahead, in samples
     sizes = np.random.default_rng(lookahead).choice([1, 7, 159, 161, 333, 1600], size=len(x))
@@ -100,6 +103,24 @@ def test_realtime_stream_odd_chunks(enhancers, lookahead):
     assert not np.any(y[: stream.delay])
     np.testing.assert_allclose(y[stream.delay :], ref, atol=1e-4, rtol=0)
     assert enh.latency_ms == pytest.approx(M.algorithmic_latency_ms(enh.cfg))
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize("sr", [SR, 44100])
+def test_call_is_chunked_and_equals_whole(enhancers, lookahead, sr, monkeypatch):
+    """enh(x) runs causal models in chunk_seconds blocks (bounded memory), equal to the whole clip at once."""
+    enh = enhancers[lookahead]
+    x = np.stack([noisy(1.3037, 30, sr), 0.5 * noisy(1.3037, 31, sr)], axis=1)
+    pushed = []
+    push = enhance.KerasChunkRunner.push
+    monkeypatch.setattr(enhance.KerasChunkRunner, "push", lambda r, f: pushed.append(len(f)) or push(r, f))
+    y = enh(x, sr, chunk_seconds=0.05)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, enh.whole(x, sr), atol=1e-4, rtol=0)
+    assert len(pushed) > 40 and max(pushed) <= 10  # 0.05 s = 5 frames (soxr releases output in bursts)
+    pushed.clear()
+    enh(x[:, 0], sr)  # default: [enhance] chunk_seconds of the model's config (30 s): one block
+    assert max(pushed) > 100
 
 
 def test_aligned_stream_at_other_rate(enhancers):
@@ -256,3 +277,81 @@ def test_default_model_missing_is_one_line(tmp_path):
     with pytest.raises(utils.PipelineError, match="no trained model") as e:
         enhance.default_model_dir(cfg)
     assert "\n" not in str(e.value) and "--model" in str(e.value)
+
+
+def test_one_failing_file_does_not_stop_the_run(tmp_path, capsys, causal_dir):
+    """Any exception is one `failed: <file>: <Type>: <message>` line; the other files go on; exit 1."""
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    sf.write(d / "sub" / "x.wav", noisy(0.5, 14), SR, subtype="FLOAT")
+    sf.write(d / "y.wav", noisy(0.5, 15), SR, subtype="FLOAT")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("a file where the output folder would go")  # mkdir fails
+    rc, out, err = run_cli(capsys, d, "-o", tmp_path / "out", "--model", causal_dir)
+    assert rc == 1
+    assert f"failed: {d / 'sub' / 'x.wav'}: FileExistsError: " in err
+    assert (tmp_path / "out" / "y.wav").is_file() and "y.wav" in out
+
+
+def test_writer_open_failure_leaves_no_temp(tmp_path, capsys, causal_dir, monkeypatch):
+    """sf.SoundFile failing in _Writer.__enter__ (a format it cannot write): no temp file is left behind."""
+    real = sf.SoundFile
+
+    def fake(file, mode="r", *args, **kwargs):
+        if mode == "w":
+            raise RuntimeError("Error opening file: unsupported format\nsecond line")
+        return real(file, mode, *args, **kwargs)
+
+    sf.write(tmp_path / "g.wav", noisy(0.5, 16), SR, subtype="FLOAT")
+    monkeypatch.setattr(sf, "SoundFile", fake)
+    rc, _, err = run_cli(capsys, tmp_path / "g.wav", "-o", tmp_path / "out", "--model", causal_dir)
+    assert rc == 1
+    assert (
+        err.splitlines()[0]
+        == f"failed: {tmp_path / 'g.wav'}: RuntimeError: Error opening file: unsupported format"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["enhance_config.ini"]  # no .tmp
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_output_mode_follows_umask(tmp_path, enhancers, umask):
+    sf.write(tmp_path / "h.wav", noisy(0.3, 17), SR, subtype="FLOAT")
+    old = os.umask(umask)
+    try:
+        enhancers[0].enhance_file(tmp_path / "h.wav", tmp_path / "out" / "h.wav")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "h.wav").stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_folder_scan_finds_every_libsndfile_format(tmp_path, capsys, causal_dir):
+    exts = enhance.audio_extensions()
+    assert {".wav", ".flac", ".ogg", ".aif", ".aiff", ".au"} <= set(exts) and ".raw" not in exts
+    d = tmp_path / "in"
+    d.mkdir()
+    sf.write(d / "a.aiff", noisy(0.4, 18), SR, subtype="PCM_16")
+    sf.write(d / "b.au", noisy(0.4, 19), 8000, subtype="FLOAT")
+    (d / "notes.txt").write_text("not audio")
+    rc, out, err = run_cli(capsys, d, "-o", tmp_path / "out", "--model", causal_dir)
+    assert rc == 0, err
+    assert (sf.info(tmp_path / "out" / "a.aiff").format, sf.info(tmp_path / "out" / "b.au").format) == (
+        "AIFF",
+        "AU",
+    )
+    assert "notes.txt" not in out + err
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize(("n", "sr"), [(50, SR), (3, 44100)])
+def test_shorter_than_one_frame(tmp_path, capsys, lookahead_dir, n, sr, streaming):
+    """A clip shorter than one hop (3 samples at 44.1 kHz resample to ~1): processed, same length, finite."""
+    x = 0.1 * np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    sf.write(tmp_path / "s.wav", x, sr, subtype="FLOAT")
+    args = ["--streaming"] if streaming else []
+    rc, out, err = run_cli(
+        capsys, tmp_path / "s.wav", "-o", tmp_path / "out", "--model", lookahead_dir, *args
+    )
+    assert rc == 0, err
+    y, sr_out = sf.read(tmp_path / "out" / "s.wav", dtype="float32")
+    assert sr_out == sr and len(y) == n and np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(lookahead_dir).whole(x, sr), atol=1e-4)

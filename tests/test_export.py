@@ -71,6 +71,21 @@ def test_savedmodel_matches_keras(exported, rng):
     np.testing.assert_allclose(got["c_1_out"].numpy(), want[4].numpy(), atol=1e-5, rtol=0)
 
 
+def test_savedmodel_enhance_signature(exported):
+    """wave -> wave in the SavedModel (STFT, features, mask, iSTFT in the graph) == Enhancer offline."""
+    model_dir, out = exported
+    meta = json.loads((out / "metadata.json").read_text())
+    sig = meta["saved_model"]["signatures"]["enhance"]
+    assert sig == {"inputs": {"wave": [-1]}, "outputs": {"enhanced": [-1]}}
+    enhance_fn = tf.saved_model.load(str(out / "saved_model")).signatures["enhance"]
+    enh = enhance.Enhancer.from_pretrained(model_dir)
+    for x in (noisy(0.0031, 25), noisy(1.5037, 24)):  # also shorter than one hop
+        got = enhance_fn(wave=tf.constant(x))["enhanced"].numpy()
+        assert got.shape == x.shape
+        np.testing.assert_allclose(got, enh(x), atol=1e-4, rtol=0)
+    assert np.abs(got - x).max() > 1e-3  # the model does change the signal
+
+
 def test_tflite_float32_matches_keras(exported):
     """A waveform through LiteRT (frame by frame, lookahead as a frame delay) == Keras offline."""
     model_dir, out = exported
@@ -109,6 +124,11 @@ def test_cli_and_non_causal(tmp_path, capsys):
     assert "TFLite: skipped" in capsys.readouterr().out
     meta = json.loads((tmp_path / "exp" / "metadata.json").read_text())
     assert meta["tflite"] is None and not meta["causal"]
-    assert list(meta["saved_model"]["signatures"]) == ["serving_default"]
+    assert list(meta["saved_model"]["signatures"]) == ["serving_default", "enhance"]  # no "step"
+    x = noisy(0.7037, 26)
+    got = tf.saved_model.load(str(tmp_path / "exp" / "saved_model")).signatures["enhance"](
+        wave=tf.constant(x)
+    )
+    np.testing.assert_allclose(got["enhanced"].numpy(), enhance.Enhancer.from_pretrained(bidir)(x), atol=1e-4)
     with pytest.raises(utils.PipelineError, match="not causal"):
         export.TFLiteEnhancer.from_export(tmp_path / "exp")

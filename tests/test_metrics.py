@@ -153,3 +153,18 @@ def test_metrics_does_not_import_tensorflow():
     code += "print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=metrics.utils.ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_silent_or_constant_estimate_fails_si_sdr_instead_of_scoring_inf():
+    s = speech_like(1.0, seed=4)
+    noisy = s + noise_like(1.0, seed=5)
+    for est in (np.zeros_like(s), np.full_like(s, 0.3)):  # constant = silent once the mean is removed
+        with pytest.raises(metrics.MetricError, match="silent"):
+            metrics.si_sdr(s, est)
+        values, failures = metrics.score(s, est, noisy, metrics=("sdr", "si_sdr", "snr"))
+        assert math.isnan(values["si_sdr"]) and "silent" in failures["si_sdr"]
+        assert all(math.isnan(v) or math.isfinite(v) for v in values.values()), values  # no inf leaks
+    assert math.isfinite(metrics.si_sdr(s, np.full_like(s, 0.3), zero_mean=False))  # a scaled DC: defined
+    assert metrics.snr(s, np.zeros_like(s)) == pytest.approx(0.0, abs=1e-9)  # all of s is error: 0 dB
+    with pytest.raises(metrics.MetricError, match="0 / 0"):
+        metrics._db(0.0, 0.0)

@@ -73,13 +73,16 @@ def test_seed_parameter_count(tmp_path):
     assert abs(model.count_params() - 27.6e6) / 27.6e6 < 0.005
 
 
-@pytest.mark.parametrize("arch", ["causal", "bidirectional"])
+TINY_SEED = {"seed_conv_filters": 4, "seed_blstm_units": 8, "seed_dense_units": 8}
+
+
+@pytest.mark.parametrize("arch", ["causal", "bidirectional", "seed"])
 def test_mask_is_bounded(tmp_path, rng, arch):
     bound = 1.3
-    model = M.build_model(make_cfg(tmp_path, architecture=arch, mask_bound=bound))
+    model = M.build_model(make_cfg(tmp_path, architecture=arch, mask_bound=bound, **TINY_SEED))
     for w in model.trainable_weights:  # large weights and inputs drive the logits far out
         w.assign(w * 20.0)
-    mask = run(model, features(rng, 2, 10, scale=100.0))
+    mask = run(model, features(rng, 2, 6, scale=100.0))
     mag = np.hypot(mask[..., 0], mask[..., 1])
     assert np.all(np.isfinite(mask))
     assert mag.max() <= bound * (1 + 1e-6)
@@ -104,12 +107,12 @@ def test_bad_architecture_is_a_pipeline_error(tmp_path):
 # ----------------------------------------------------------------------------- causality
 
 
-@pytest.mark.parametrize("lookahead", [0, 3])
-def test_causal_model_sees_exactly_lookahead_frames(tmp_path, rng, lookahead):
+@pytest.mark.parametrize("lookahead,frames,k", [(0, 16, 10), (3, 16, 10), (20, 45, 30)])  # 20: the maximum
+def test_causal_model_sees_exactly_lookahead_frames(tmp_path, rng, lookahead, frames, k):
     model = M.build_model(make_cfg(tmp_path, lookahead_frames=lookahead, lstm_layers=2))
-    x = features(rng, 1, 16)
-    k = 10  # perturb input frame k only, then every frame after it
-    for last in (k + 1, 16):
+    x = features(rng, 1, frames)
+    # perturb input frame k only, then every frame after it (k > L, T > 2L: outputs on both sides)
+    for last in (k + 1, frames):
         y = x.copy()
         y[:, k:last] += rng.standard_normal(y[:, k:last].shape).astype(np.float32)
         for training in (False, True):  # inference loop and the XLA training loop
@@ -270,7 +273,7 @@ def test_enhance_spectrogram(tmp_path, rng):
 # ----------------------------------------------------------------------------- streaming
 
 
-@pytest.mark.parametrize("lookahead,frames", [(0, 30), (2, 30), (2, 1)])
+@pytest.mark.parametrize("lookahead,frames", [(0, 30), (2, 30), (2, 1), (20, 45)])
 def test_streaming_equals_whole_clip(tmp_path, rng, lookahead, frames):
     cfg = make_cfg(tmp_path, lookahead_frames=lookahead, lstm_layers=2)
     model = M.build_model(cfg)

@@ -137,6 +137,26 @@ def test_delta_phase_of_a_bin_centred_sinusoid(k):
         assert np.all(d > -np.pi - 1e-6) and np.all(d <= np.pi + 1e-6)
 
 
+@pytest.mark.parametrize("k", [37, 101])
+def test_delta_phase_of_an_off_centre_sinusoid(k):
+    """f0 at bin k + 0.3: the raw advance is still 2*pi*f0*hop/sr (a property of the signal, not of the
+    bin), and the deviation is what is left after removing bin k's centre advance, not zero."""
+    n = 8000
+    f0 = (k + 0.3) * SR / P.n_fft
+    x = np.cos(2 * np.pi * f0 * np.arange(n) / SR + 1.1).astype(np.float32)
+    X = STFT.stft(x, P)
+    first_full = -(-P.pad_front // P.hop)
+    last_full = n // P.hop - 1
+    ts = slice(first_full + 1, last_full + 1)  # deltas between two frames with full windows
+    raw = STFT.wrap(2 * np.pi * f0 * P.hop / SR)
+    deviation = STFT.wrap(raw - 2 * np.pi * k * P.hop / P.n_fft)
+    assert abs(deviation) > 0.5  # 2*pi*0.3*hop/n_fft = 0.59 rad: far from the bin-centred case
+    for d in (STFT.delta_phase(X, P), STFT.delta_phase_tf(X, P).numpy()):
+        assert np.max(np.abs(STFT.wrap(d[ts, k] - raw))) < 1e-3
+    for d in (STFT.delta_phase(X, P, deviation=True), STFT.delta_phase_tf(X, P, deviation=True).numpy()):
+        assert np.max(np.abs(STFT.wrap(d[ts, k] - deviation))) < 1e-3
+
+
 @pytest.mark.parametrize("fp", [STFT.FeatureParams(), STFT.FeatureParams(deviation=True)])
 def test_features_are_causal(rng, fp):
     x = rng.standard_normal(4000).astype(np.float32)
@@ -172,6 +192,47 @@ def test_params_from_config(tmp_config):
     p = STFT.StftParams.from_config(cfg)
     assert (p.sample_rate, p.win_length, p.hop, p.n_fft, p.n_bins) == (16000, 400, 160, 1024, 513)
     assert STFT.FeatureParams.from_config(cfg).channels == 2
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("STFT.hop_size=0.03", "hop_size"),  # hop 480 > window 400
+        ("STFT.window_length=0.04", "window_length"),  # window 640 > n_fft 512
+        ("STFT.hop_size=0", "hop_size"),
+        ("STFT.hop_size=-0.01", "hop_size"),
+        ("STFT.n_fft=0", "n_fft"),
+        ("STFT.n_fft=512.5", "n_fft"),
+        ("STFT.sample_rate=abc", "sample_rate"),
+        ("STFT.window_length=0.02501", "window_length"),  # 400.16 samples: not whole
+        ("STFT.hop_size=0.0100001", "hop_size"),  # 160.0016 samples
+        ("STFT.sample_rate=22050", "window_length"),  # 551.25 samples at 22.05 kHz
+    ],
+)
+def test_bad_stft_settings_are_one_line(tmp_config, override, key):
+    cfg = utils.load_config(tmp_config, [override])
+    with pytest.raises(utils.PipelineError, match=key) as e:
+        STFT.StftParams.from_config(cfg)
+    assert "\n" not in str(e.value) and "[STFT]" in str(e.value)
+
+
+def test_whole_sample_settings_pass(tmp_config):
+    """Decimal seconds that are whole samples only up to float error are accepted (0.025 * 16000)."""
+    cfg = utils.load_config(tmp_config, ["STFT.sample_rate=8000", "STFT.hop_size=0.025", "STFT.n_fft=200"])
+    p = STFT.StftParams.from_config(cfg)
+    assert (p.win_length, p.hop, p.n_fft) == (200, 200, 200)  # hop == window == n_fft is allowed
+
+
+@pytest.mark.parametrize("key", ["sample_rate", "window_length", "hop_size", "n_fft"])
+def test_missing_stft_key_is_a_pipeline_error(tmp_config, key):
+    cfg = utils.load_config(tmp_config)
+    cfg.remove_option("STFT", key)
+    with pytest.raises(utils.PipelineError, match=f"{key} is missing") as e:
+        STFT.StftParams.from_config(cfg)
+    assert "\n" not in str(e.value)
+    cfg.remove_section("STFT")
+    with pytest.raises(utils.PipelineError, match="STFT"):
+        STFT.StftParams.from_config(cfg)
 
 
 # ----------------------------------------------------------------------------- cache

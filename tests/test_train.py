@@ -202,6 +202,17 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     assert best_cfg["model"]["lstm_units"] == "32"
     feats = np.random.default_rng(0).standard_normal((1, 20, 257, 4)).astype(np.float32)
     assert np.isfinite(np.asarray(best(feats))).all()
+    assert metrics_json["validation_manifest_indices"] == [0, 1]  # validation_files=2 of the test split
+
+    # evaluate.py scores best/ and reports the test scores without the validation files too
+    import evaluate
+
+    summary = evaluate.evaluate(cfg, folder / "best", tmp_path / "eval", limit=3, workers=1, oracles=False,
+                                progress=False)  # fmt: skip
+    assert summary["results"]["model"]["si_sdr"]["n"] == 3
+    held = summary["excluding_validation_files"]
+    assert held["n_excluded"] == 2 and held["n_files"] == 1
+    assert held["results"]["model"]["si_sdr"]["n"] == 1
 
     # TensorBoard: step scalars, epoch scalars (train and validation), audio and images
     tr = read_events(Path(cfg["paths"]["log_dir"]) / "run" / "train")
