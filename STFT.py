@@ -67,7 +67,9 @@ class StftParams:
             # a window or hop that is not a whole number of samples would be silently rounded
             exact = number(key, float) * sr
             if abs(exact - round(exact)) > 1e-6:
-                raise utils.PipelineError(f"{where} {key}={s[key]} is {exact:.6g} samples at {sr} Hz, not whole")
+                raise utils.PipelineError(
+                    f"{where} {key}={s[key]} is {exact:.6g} samples at {sr} Hz, not whole"
+                )
             return round(exact)
 
         sr = number("sample_rate", int)

@@ -800,7 +800,8 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStat
 
 
 def _skip_empty_split(out: Path, split: str, overwrite: bool) -> None:
-    """A split with 0 mixtures is not mixed; its old outputs (a manifest STFT.py would cache) go or are named."""
+    """A split with 0 mixtures is not mixed: its old outputs (a manifest STFT.py would cache) are
+    removed with --overwrite, else named in a warning."""
     manifest = out / f"manifest_{split}.csv"
     if overwrite:
         remove_outputs(out, split)

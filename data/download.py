@@ -118,7 +118,10 @@ def fetch(url: str, dest: Path, md5: str | None = None, progress: bool = True) -
         # 416: nothing at or after `start`. Complete only if the server's size equals the .part's;
         # a .part of another (or changed) file would otherwise be kept (and, without md5, accepted).
         if _unsatisfied_size(e.headers) != start:
-            print(f"{url}: {part.name} does not match the file on the server; downloading again", file=sys.stderr)
+            print(
+                f"{url}: {part.name} does not match the file on the server; downloading again",
+                file=sys.stderr,
+            )
             part.unlink()
             return fetch(url, dest, md5, progress)  # start == 0 now: no Range, no 416, no recursion
         response = None

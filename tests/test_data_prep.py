@@ -449,8 +449,8 @@ def test_killed_run_resumes_to_the_same_bytes(synthetic_corpus, tmp_path):
     clean_out, killed_out = tmp_path / "clean", tmp_path / "killed"
     noisy_dir = killed_out / "NoisySpeech_training"
     # own session: the kill reaches the worker processes too, as a real crash would
-    proc = subprocess.Popen([sys.executable, str(script), *data_args(synthetic_corpus, killed_out, **over)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    cmd = [sys.executable, str(script), *data_args(synthetic_corpus, killed_out, **over)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:

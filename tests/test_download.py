@@ -63,7 +63,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"root": root, "log": [], "ranges": True, "content_range_416": True})
+    handler = type(
+        "Handler", (RangeHandler,), {"root": root, "log": [], "ranges": True, "content_range_416": True}
+    )
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
