@@ -1,10 +1,11 @@
 """Benchmarks train.py end to end: training clips/s, seconds per epoch, validation share of an epoch.
 
 Runs the real loop (tf.data over the memory-mapped cache, GradientTape step, TensorBoard, checkpoints,
-validation on waveforms) with the DEFAULT config.ini model and [train] settings, except for the crop
-length (default 3 s) and the epoch count, on synthetic speech-like mixtures made in a temp folder
-(the speed does not depend on the audio). The first epoch includes tracing, so figures come from the
-last epoch. Seconds per epoch are also projected to data/config.ini's total_training_files.
+validation on waveforms) with the config.ini model and [train] settings (crop_seconds included;
+--crop-seconds overrides it) and --epochs epochs, on synthetic speech-like mixtures made in a temp
+folder (the speed does not depend on the audio). The first epoch includes tracing, so figures come from
+the last epoch. Seconds per epoch are also projected to data/config.ini's total_training_files, and
+checked against the targets: >= 15 training clips/s, validation < 10 % of a (projected) epoch.
 
     nice .venv/bin/python bench/bench_train.py                 # ~2 minutes on 2 cores
     nice .venv/bin/python bench/bench_train.py --train-clips 400 --set model.lstm_units=128
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 import utils  # noqa: E402
 
 SR = 16000
+TARGET_CLIPS_PER_S = 15.0  # training throughput target
+TARGET_VAL_SHARE = 10.0  # validation must take < 10 % of an epoch
 
 
 def synthetic_pair(seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +74,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--clip-seconds", type=float, default=3.0, help="mixture length (data_prep file_length)"
     )
-    parser.add_argument("--crop-seconds", type=float, default=3.0, help="[train] crop_seconds (default 3)")
+    parser.add_argument(
+        "--crop-seconds", type=float, help="[train] crop_seconds (default: the config's, 2.0 in config.ini)"
+    )
     parser.add_argument("--epochs", type=int, default=2, help="epochs (figures from the last; default 2)")
     parser.add_argument("--strategy", default="default", help="train.py --strategy")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
@@ -83,10 +88,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = (args.keep or Path(tmp)).resolve()
         cfg = utils.load_config(args.config, args.overrides)
+        if args.crop_seconds is not None:
+            cfg.set("train", "crop_seconds", str(args.crop_seconds))
         params = train.TrainParams.from_config(cfg)
         for key in ("data_dir", "stft_dir", "checkpoint_dir", "log_dir", "enhanced_dir", "results_dir"):
             cfg.set("paths", key, str(work / key.replace("_dir", "")))
-        cfg.set("train", "crop_seconds", str(args.crop_seconds))
         cfg.set("train", "epochs", str(args.epochs))
         cfg.set("train", "validation_interval", "1")
         data = work / "data"
@@ -116,7 +122,7 @@ def main(argv=None) -> int:
         f"model: {m.get('architecture')} (projection {m.get('projection_units')}, "
         f"LSTM {m.get('lstm_layers')} x {m.get('lstm_units')}, dense {m.get('dense_units')}), "
         f"batch {params.batch_size}, "
-        f"crop {args.crop_seconds:g} s, strategy {args.strategy}",
+        f"crop {params.crop_seconds:g} s, strategy {args.strategy}",
         f"training:          {rate:.1f} clips/s ({last['clips']} clips in {last['train_seconds']:.1f} s, "
         f"epoch {last['epoch']})",
         f"validation:        {val_s:.2f} s for {params.validation_files} whole clips of "
@@ -127,6 +133,13 @@ def main(argv=None) -> int:
         f"total_training_files), validation {100 * val_s / (full_train_s + val_s):.1f} % of it",
         f"whole run:         {total:.1f} s for {args.epochs} epoch(s) (the first includes tracing)",
     ]
+    val_share = 100 * val_s / (full_train_s + val_s)
+    for ok, text in (
+        (rate >= TARGET_CLIPS_PER_S, f"training {rate:.1f} clips/s (target >= {TARGET_CLIPS_PER_S:g})"),
+        (val_share < TARGET_VAL_SHARE, f"validation {val_share:.1f} % of a projected epoch "
+                                       f"(target < {TARGET_VAL_SHARE:g} %)"),
+    ):  # fmt: skip
+        lines.append(f"{'target met:' if ok else 'target MISSED:':<19}{text}")
     print("\n" + "\n".join(lines))
     return 0
 

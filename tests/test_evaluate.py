@@ -151,6 +151,18 @@ def test_noisereduce_baseline_runs():
     assert metrics.si_sdr(clean, est) > metrics.si_sdr(clean, noisy)
 
 
+@pytest.mark.parametrize("name", ["noisereduce", "rnnoise", "deepfilternet"])
+def test_baseline_adapter_smoke(name):
+    """Each installed baseline: same length, aligned with the input, not worse than it (1 dB slack)."""
+    if reason := evaluate.baseline_available(name):
+        pytest.skip(f"baseline {name}: {reason}")
+    clean, _, noisy, _ = _spectra(seed=5, seconds=2.0, noise_gain=2.0)
+    est = evaluate.run_baseline(name, noisy, SR)
+    assert est.shape == noisy.shape and np.isfinite(est).all()
+    assert abs(evaluate.estimate_delay(clean, est, 160)) <= 1  # within a sample at 16 kHz
+    assert metrics.si_sdr(clean, est) >= metrics.si_sdr(clean, noisy) - 1.0
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -246,3 +258,33 @@ def test_end_to_end_with_tiny_untrained_model(test_set, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| model |" in printed and "SI-SDR" in printed
     assert (out / "summary.json").is_file() and (out / "model_config.ini").is_file()
+
+
+@pytest.mark.skipif(not HAVE_MODEL, reason="model.py not written yet")
+def test_failing_model_batch_is_recorded_missing_and_the_rest_is_scored(test_set, tmp_path, monkeypatch):
+    import model
+
+    cfg, _ = test_set
+    cfg.set("evaluate", "batch_size", "1")  # one file per model call
+    model_dir = tmp_path / "tiny" / "best"
+    model.save_trained(model.build_model(cfg), cfg, model_dir)
+    # train.py's best/metrics.json: test files 0 and 2 were its validation set
+    (model_dir / "metrics.json").write_text(json.dumps({"validation_manifest_indices": [0, 2]}))
+    original, calls = model.enhance_spectrogram, {"n": 0}
+
+    def fail_second_call(net, X, mcfg):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise MemoryError("OOM when allocating tensor")
+        return original(net, X, mcfg)
+
+    monkeypatch.setattr(model, "enhance_spectrogram", fail_second_call)
+    summary = evaluate.evaluate(cfg, model_dir, tmp_path / "out", workers=1, oracles=False, progress=False)
+    rows = {(r["index"], r["system"]): r for r in _read_csv(tmp_path / "out" / "results.csv")}
+    bad = rows[("1", "model")]
+    assert math.isnan(float(bad["si_sdr"])) and "model inference: MemoryError: OOM" in bad["failures"]
+    assert all(math.isfinite(float(rows[(i, "model")]["si_sdr"])) for i in ("0", "2"))
+    assert summary["results"]["model"]["si_sdr"]["n_missing"] == 1
+    held = summary["excluding_validation_files"]
+    assert held["n_excluded"] == 2 and held["n_files"] == 1
+    assert held["results"]["noisy"]["si_sdr"]["mean"] == pytest.approx(float(rows[("1", "noisy")]["si_sdr"]))

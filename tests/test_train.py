@@ -284,6 +284,108 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
     assert sorted(set(steps)) == list(range(1, 7))
 
 
+def latest_weights(cfg, run: str = "run") -> list[np.ndarray]:
+    """Weights of the run's latest checkpoint (after checking it finished both epochs)."""
+    trainer = make_trainer(cfg)
+    folder = Path(cfg["paths"]["checkpoint_dir"]) / run
+    trainer.checkpoint.restore(train._tf().train.latest_checkpoint(str(folder))).expect_partial()
+    assert int(trainer.step.numpy()) == 6 and int(trainer.epoch.numpy()) == 2
+    return trainer.weights()
+
+
+@pytest.fixture(scope="module")
+def straight_weights(data_root, tmp_path_factory) -> list[np.ndarray]:
+    """Final weights of an uninterrupted 2-epoch run (3 batches per epoch)."""
+    cfg = make_cfg(tmp_path_factory.mktemp("straight"), data_root, epochs=2, checkpoint_steps=100)
+    train.train(cfg, "run", progress=False)
+    return latest_weights(cfg)
+
+
+def assert_same_weights(a, b):
+    assert len(a) == len(b)
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+
+
+def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
+    """KeyboardInterrupt after the step's update ran but before the loop saw its result: the saved
+    checkpoint must count that batch, so --resume does not apply it twice."""
+    cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=100)
+    original, calls = train.Trainer.train_step, {"n": 0}
+
+    def update_then_interrupt(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C landing just after the graph call returns
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", update_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, "run", progress=False)
+    monkeypatch.setattr(train.Trainer, "train_step", original)
+    train.train(cfg, "run", resume=True, progress=False)
+    assert_same_weights(latest_weights(cfg), straight_weights)
+
+
+def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
+    data_root, tmp_path, monkeypatch, straight_weights
+):
+    """kill -9 semantics: a RuntimeError skips the Ctrl-C save; checkpoint_steps=1 left one per step."""
+    cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=1)
+    original, calls = train.Trainer.train_step, {"n": 0}
+
+    def crash_at_step_5(self, batch):  # epoch 2, batch 2, after its update ran (never saved)
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 5:
+            raise RuntimeError("killed")
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.train(cfg, "run", progress=False)
+    folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
+    assert Path(train._tf().train.latest_checkpoint(str(folder))).name == "ckpt-4"
+    monkeypatch.setattr(train.Trainer, "train_step", original)
+    train.train(cfg, "run", resume=True, progress=False)
+    assert_same_weights(latest_weights(cfg), straight_weights)
+
+
+def fake_run_folder(cfg, run: str = "run") -> Path:
+    """A run folder with a (tiny) checkpoint and cfg saved as its config.ini, as train.py leaves it."""
+    tf = train._tf()
+    folder = Path(cfg["paths"]["checkpoint_dir"]) / run
+    folder.mkdir(parents=True)
+    tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1)), str(folder), 1).save()
+    utils.save_config(cfg, folder / "config.ini")
+    return folder
+
+
+def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
+    cfg = make_cfg(tmp_path, data_root)
+    folder = fake_run_folder(cfg)
+    saved = (folder / "config.ini").read_bytes()
+    refused = ["loss.lam=0.2", "model.lstm_units=16", "train.seed=7", "train.batch_size=3",
+               "train.crop_seconds=0.5", "train.learning_rate=1e-4", "train.clip_norm=1",
+               "train.validation_files=1"]  # fmt: skip
+    for override in refused:
+        changed = utils.load_config(tmp_path / "config.ini", [override])
+        key = override.split("=")[0].split(".")[1]
+        with pytest.raises(utils.PipelineError, match=rf"--resume with other settings.*{key}"):
+            train.train(changed, "run", resume=True, progress=False)
+        assert (folder / "config.ini").read_bytes() == saved  # the refused config was not written
+    allowed = [
+        "train.epochs=5",
+        "train.validation_interval=2",
+        "train.checkpoint_steps=7",
+        "train.audio_examples=0",
+        "train.learning_rate=1e-3",  # saved as 0.001: the same number
+    ]
+    dirs = train.RunDirs.from_config(cfg, "run")
+    assert train.prepare_run(utils.load_config(tmp_path / "config.ini", allowed), dirs, True, False) is True
+
+
 def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, caplog):
     import shutil
 
@@ -309,6 +411,32 @@ def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, 
     trainer.checkpoint.restore(latest).expect_partial()
     assert int(trainer.step.numpy()) == 2 and int(trainer.optimizer.iterations.numpy()) == 0
     assert all(np.isfinite(w).all() for w in trainer.weights())
+
+
+def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, tmp_path):
+    cfg = make_cfg(tmp_path, data_root, validation_files=3)
+    params = train.TrainParams.from_config(cfg)
+    validator = train.Validator(cfg, params, STFT.load_cache(STFT.cache_dir(cfg, "testing")))
+
+    class Silencer:  # a "model" that outputs silence for the first validation file only
+        def enhance(self, noisy, clean):
+            first = noisy.shape[1] == len(validator.examples[0].noisy_stft)  # the test clips' lengths differ
+            S_hat = noisy * (0 if first else 1)
+            return S_hat, np.zeros((*noisy.shape, 2), np.float32), np.zeros(len(noisy), np.float32)
+
+    identity = train.summarize_validation(
+        [{"si_sdr": ex.noisy_scores["si_sdr"], "loss": 0.1} for ex in validator.examples]
+    )
+    val, _ = validator.run(Silencer())
+    assert val["si_sdr_failed"] == 1 and val["sdr_failed"] == 1 and val["snr_failed"] == 0
+    # the silenced file weighs in at FAILED_DB: silencing cannot beat passing the input through
+    others = [ex.noisy_scores["si_sdr"] for ex in validator.examples[1:]]
+    assert val["si_sdr"] == pytest.approx((train.FAILED_DB + sum(others)) / 3, abs=0.1)
+    assert val["si_sdr"] < identity["si_sdr"]
+    rows = [{"si_sdr": 10.0, "loss": 1.0}, {"si_sdr": 10.0, "loss": np.nan}, {"si_sdr": np.nan, "loss": 3.0}]
+    summary = train.summarize_validation(rows)
+    assert summary["si_sdr"] < train.summarize_validation([{"si_sdr": 8.0, "loss": 1.0}] * 3)["si_sdr"]
+    assert summary["loss"] == 2.0 and summary["si_sdr_failed"] == 1
 
 
 # ----------------------------------------------------------------------------- replicas
