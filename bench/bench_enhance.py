@@ -15,6 +15,11 @@ TFLite runner, which never imports TensorFlow), next to one that only imports Te
 loads the model and one that enhances the --seconds file; the growth between the two lengths is
 extrapolated linearly to a 1-hour file and printed as such (--long-minutes 60 measures it instead).
 Without --model the config's model is built with untrained weights (same cost as trained ones).
+Quantization cost on real audio: --mixtures noisy clips mixed here from <corpus>/clean_test and
+noise_test at 0 and 5 dB (synthetic stand-ins, said so, when the corpus is absent), enhanced by the
+float32 and the int8 TFLite export: mean SI-SDR against the clean speech for each and the difference
+(meaningful for quality only with a trained --model). Last, one met/missed line per target: streaming
+TFLite real-time factor <= 0.01, p99 per-frame time < 1 ms, peak memory for a 1-hour file < 500 MB.
 """
 
 from __future__ import annotations
@@ -37,18 +42,59 @@ sys.path.insert(0, str(ROOT))
 import utils  # noqa: E402
 
 SR = 16000
+CORPUS = ROOT.parent / "shared" / "corpus"
+TARGETS = {"rtf": 0.01, "p99_ms": 1.0, "hour_mb": 500.0}
 
 
-def _signal(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like harmonics under a syllable envelope plus coloured noise (tests/conftest's stand-ins)."""
+def _speech(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like harmonics under a syllable envelope (tests/conftest's stand-in)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
     f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
     phase = 2 * np.pi * np.cumsum(f0) / SR
     x = sum(np.sin(k * phase) / k for k in range(1, 12))
     env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
-    noise = np.convolve(rng.standard_normal(len(t)), np.ones(4) / 4, mode="same")
-    return (0.3 * x * env / np.max(np.abs(x)) + 0.05 * noise).astype(np.float32)
+    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.convolve(rng.standard_normal(int(seconds * SR)), np.ones(4) / 4, mode="same").astype(np.float32)
+
+
+def _signal(seconds: float, seed: int) -> np.ndarray:
+    return (_speech(seconds, seed) + 0.05 * _noise(seconds, seed + 1)).astype(np.float32)
+
+
+def _mixtures(corpus: Path, count: int, seed: int = 0) -> tuple[list, str]:
+    """[(clean, noisy, snr_db)] at 16 kHz: clean_test x noise_test at 0 / 5 dB, or synthetic stand-ins.
+
+    Plain mixing (no data_prep): a random noise segment (tiled if short) scaled to the SNR, noisy = clean
+    + noise, both scaled down together if the mix would clip.
+    """
+    rng = np.random.default_rng(seed)
+    real = (corpus / "clean_test").is_dir() and (corpus / "noise_test").is_dir()
+    if real:
+        cleans = sorted(p for p in (corpus / "clean_test").iterdir() if p.suffix in (".flac", ".wav"))
+        noises = sorted(p for p in (corpus / "noise_test").iterdir() if p.suffix in (".flac", ".wav"))
+        cleans = [cleans[i] for i in sorted(rng.choice(len(cleans), min(count, len(cleans)), replace=False))]
+        pairs = [(utils.read_audio(c, SR)[0], utils.read_audio(noises[i % len(noises)], SR)[0])
+                 for i, c in enumerate(cleans)]  # fmt: skip
+        source = f"{len(pairs)} real mixtures: {corpus}/clean_test x noise_test"
+    else:
+        pairs = [(_speech(4.0, 100 + i), _noise(20.0, 200 + i)) for i in range(count)]
+        source = f"{count} SYNTHETIC mixtures (no corpus at {corpus}: not a real-audio figure)"
+    out = []
+    for i, (clean, noise) in enumerate(pairs):
+        snr = (0.0, 5.0)[i % 2]
+        noise = np.tile(noise, -(-len(clean) // len(noise)) + 1)
+        start = rng.integers(0, len(noise) - len(clean) + 1)
+        noise = noise[start : start + len(clean)]
+        noise = noise * np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr / 10))
+        noisy = clean + noise
+        gain = min(1.0, 0.99 / np.max(np.abs(noisy)))
+        out.append(((gain * clean).astype(np.float32), (gain * noisy).astype(np.float32), snr))
+    return out, source + ", SNR 0 / 5 dB"
 
 
 def _write_long(path: Path, seconds: float) -> None:
@@ -106,7 +152,7 @@ def _stream_timing(enhancer, x: np.ndarray) -> dict:
 
 
 def worker(args) -> dict:
-    _one_core(tensorflow=args.worker not in ("stream_tflite", "stream_tflite_int8", "long_tflite"))
+    _one_core(tensorflow=args.worker not in ("stream_tflite", "stream_tflite_int8", "long_tflite", "quality"))
     import soundfile as sf
 
     import enhance
@@ -127,6 +173,19 @@ def worker(args) -> dict:
     if args.worker == "load":
         enhance.Enhancer.from_pretrained(args.model)
         return {"maxrss_mb": _maxrss_mb()}
+    if args.worker == "quality":  # SI-SDR of the float32 and int8 exports on the same mixtures
+        import export
+        import metrics
+
+        mixes, source = _mixtures(args.corpus, args.mixtures)
+        scores = {"noisy": [m[1] for m in mixes]}
+        for kind, quantized in (("float32", False), ("int8", True)):
+            enh = export.TFLiteEnhancer.from_export(args.tflite, quantized=quantized)
+            scores[kind] = [enh(noisy) for _, noisy, _ in mixes]
+        means = {
+            k: float(np.mean([metrics.si_sdr(m[0], y) for m, y in zip(mixes, v)])) for k, v in scores.items()
+        }
+        return {"source": source, **means}
     if args.worker == "long_tflite":  # the TFLite runner needs no TensorFlow at all
         import export
 
@@ -168,6 +227,26 @@ def _run(mode: str, model: Path, file: Path, tflite: Path, chunk_seconds: float,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _hour_mb(short: dict, big: dict, args, chunk: float) -> tuple[float | None, str]:
+    """Peak memory for a 1-hour file: measured (--long-minutes >= 60) or extrapolated linearly."""
+    if args.long_minutes >= 60:
+        return big["maxrss_mb"], "measured"
+    if args.seconds < 2 * chunk:  # one chunk only: the growth per chunk is not seen
+        return None, f"not extrapolated: needs --seconds >= 2 chunks = {2 * chunk:g} s"
+    per_min = (big["maxrss_mb"] - short["maxrss_mb"]) / max(args.long_minutes - args.seconds / 60, 1e-9)
+    hour = big["maxrss_mb"] + max(per_min, 0.0) * max(60 - args.long_minutes, 0)
+    return hour, (f"extrapolated linearly (not measured) from {args.seconds:g} s and {args.long_minutes:g} "
+                  f"min, {per_min:+.2f} MB/min")  # fmt: skip
+
+
+def _verdict(what: str, value: float | None, op: str, target: float, unit: str = "") -> None:
+    if value is None:
+        print(f"  {what} {op} {target:g}{unit}: unknown (not measured)")
+        return
+    met = value <= target if op == "<=" else value < target
+    print(f"  {what} {op} {target:g}{unit}: {'met' if met else 'MISSED'} ({value:.4g}{unit})")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -176,6 +255,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="file length for the real-time factors")
     parser.add_argument("--long-minutes", type=float, default=10.0, help="file length for the memory figure")
     parser.add_argument("--chunk-seconds", type=float, default=None, help="default: [enhance] chunk_seconds")
+    parser.add_argument(
+        "--corpus", type=Path, default=CORPUS, help=f"for the SI-SDR mixtures (default {CORPUS})"
+    )
+    parser.add_argument("--mixtures", type=int, default=10, help="mixtures for the int8-vs-float32 SI-SDR")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tflite", type=Path, default=None, help=argparse.SUPPRESS)
@@ -193,7 +276,7 @@ def main(argv=None) -> int:
         exported = tmp / "exported"
         sets = [f"--config={args.config}"] + [f"--set={o}" for o in args.overrides]
         info = _run("setup", model_dir, tmp, exported, chunk, sets)
-        origin = args.model or f"{args.config} (untrained weights: same cost as trained ones)"
+        origin = args.model or f"{args.config} (UNTRAINED weights: same cost as trained ones)"
         print(f"model: {info['architecture']}, {info['parameters']:,} parameters, "
               f"{info['macs_per_frame'] / 1e6:.2f} M multiply-adds per 10-ms frame, algorithmic latency "
               f"{info['algorithmic_latency_ms']:.0f} ms; from {origin}")  # fmt: skip
@@ -206,35 +289,67 @@ def main(argv=None) -> int:
         rows = [("offline Keras (chunked)", "offline"), ("streaming Keras", "stream_keras"),
                 ("streaming TFLite float32", "stream_tflite"),
                 ("streaming TFLite int8", "stream_tflite_int8")]  # fmt: skip
+        timing = {}
         print(f"\n{args.seconds:g}-s file          real-time factor   per-frame p50 / p99 / max (ms)")
         for label, mode in rows:
-            r = _run(mode, model_dir, short, exported, chunk)
+            r = timing[mode] = _run(mode, model_dir, short, exported, chunk)
             lat = f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} / {r['max_ms']:.3f}" if "p50_ms" in r else "-"
             print(f"{label:<26} {r['rtf']:>8.4f}          {lat}")
 
         tf_only = _run("import_tf", model_dir, short, exported, chunk)
         base = _run("load", model_dir, short, exported, chunk)
         one = _run("long", model_dir, short, exported, chunk)
+        lite_one = _run("long_tflite", model_dir, short, exported, chunk)
         _write_long(long, 60 * args.long_minutes)
         big = _run("long", model_dir, long, exported, chunk)
         lite = _run("long_tflite", model_dir, long, exported, chunk)
+        hour = {
+            "Keras": _hour_mb(one, big, args, chunk),
+            "TFLite float32": _hour_mb(lite_one, lite, args, chunk),
+        }
         print(f"\npeak memory (ru_maxrss of the worker), offline, chunk {chunk:g} s:")
         print(f"  TensorFlow imported, nothing else: {tf_only['maxrss_mb']:.0f} MB")
         print(f"  Keras, model loaded, nothing processed: {base['maxrss_mb']:.0f} MB")
         print(f"  Keras, {args.seconds:g}-s file:  {one['maxrss_mb']:.0f} MB")
         print(f"  Keras, {args.long_minutes:g}-min file: {big['maxrss_mb']:.0f} MB "
               f"(real-time factor {big['rtf']:.4f}, {big['seconds']:.0f} s)")  # fmt: skip
-        print(f"  TFLite float32 (no TensorFlow), {args.long_minutes:g}-min file: {lite['maxrss_mb']:.0f} MB "
+        print(f"  TFLite float32 (no TensorFlow), {args.seconds:g}-s / {args.long_minutes:g}-min file: "
+              f"{lite_one['maxrss_mb']:.0f} / {lite['maxrss_mb']:.0f} MB "
               f"(real-time factor {lite['rtf']:.4f})")  # fmt: skip
-        if args.long_minutes >= 60:
-            return 0  # measured, nothing to extrapolate
-        if args.seconds < 2 * chunk:
-            print(f"  (1-hour extrapolation needs --seconds >= 2 chunks = {2 * chunk:g} s)")
-            return 0
-        per_min = (big["maxrss_mb"] - one["maxrss_mb"]) / max(args.long_minutes - args.seconds / 60, 1e-9)
-        hour = big["maxrss_mb"] + max(per_min, 0.0) * max(60 - args.long_minutes, 0)
-        print(f"  1-hour file: ~{hour:.0f} MB, extrapolated linearly (not measured) from the growth between "
-              f"{args.seconds:g} s and {args.long_minutes:g} min ({per_min:+.2f} MB/min)")  # fmt: skip
+        for name, (mb, how) in hour.items():
+            figure = "" if mb is None else f"{mb:.0f} MB, " if how == "measured" else f"~{mb:.0f} MB, "
+            print(f"  {name}, 1-hour file: {figure}{how}")
+
+        q = _run(
+            "quality",
+            model_dir,
+            short,
+            exported,
+            chunk,
+            [f"--corpus={args.corpus}", f"--mixtures={args.mixtures}"],
+        )
+        print(f"\nSI-SDR vs clean, mean over {q['source']}:")
+        if not args.model:
+            print(
+                "  (UNTRAINED default model: only the int8 - float32 difference means anything; use --model)"
+            )
+        print(f"  noisy input     {q['noisy']:7.2f} dB")
+        for kind in ("float32", "int8"):
+            print(f"  TFLite {kind:<8} {q[kind]:7.2f} dB  ({q[kind] - q['noisy']:+.2f} dB over noisy)")
+        print(f"  int8 - float32  {q['int8'] - q['float32']:+7.3f} dB")
+
+        print("\ntargets:")
+        for kind, mode in (("float32", "stream_tflite"), ("int8", "stream_tflite_int8")):
+            _verdict(f"streaming TFLite {kind} real-time factor", timing[mode]["rtf"], "<=", TARGETS["rtf"])
+            _verdict(
+                f"streaming TFLite {kind} p99 frame time",
+                timing[mode]["p99_ms"],
+                "<",
+                TARGETS["p99_ms"],
+                " ms",
+            )
+        for name, (mb, _) in hour.items():
+            _verdict(f"peak memory, 1-hour file, offline {name}", mb, "<", TARGETS["hour_mb"], " MB")
     return 0
 
 

@@ -355,3 +355,15 @@ def test_shorter_than_one_frame(tmp_path, capsys, lookahead_dir, n, sr, streamin
     y, sr_out = sf.read(tmp_path / "out" / "s.wav", dtype="float32")
     assert sr_out == sr and len(y) == n and np.all(np.isfinite(y))
     np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(lookahead_dir).whole(x, sr), atol=1e-4)
+
+
+def test_shorter_than_one_frame_non_causal(tmp_path, capsys):
+    """The whole-file path too: 1 sample at 44.1 kHz resamples to 0 samples at 16 kHz."""
+    bidir = make_model(tmp_path / "bi", architecture="bidirectional")
+    for n in (3, 1):
+        sf.write(tmp_path / f"s{n}.wav", np.full(n, 0.1, np.float32), 44100, subtype="FLOAT")
+    rc, _, err = run_cli(
+        capsys, tmp_path / "s3.wav", tmp_path / "s1.wav", "-o", tmp_path / "out", "--model", bidir
+    )
+    assert rc == 0, err
+    assert [sf.info(tmp_path / "out" / f"s{n}.wav").frames for n in (3, 1)] == [3, 1]
