@@ -1,0 +1,152 @@
+"""study_lookahead.py: the --quick study end to end on a tiny corpus, its no-op re-run, its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_config
+
+import study_lookahead
+import utils
+
+
+def run_study(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "study_lookahead.py", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def tiny_data(tmp_path, synthetic_corpus) -> Path:
+    """8 training / 4 testing 1-s mixtures from the synthetic corpus and their STFT caches; returns
+    the config (every [paths] entry inside tmp_path)."""
+    data = tmp_path / "data"
+    sets = {
+        "clean_train_path": synthetic_corpus / "clean_train",
+        "noise_train_path": synthetic_corpus / "noise_train",
+        "clean_test_path": synthetic_corpus / "clean_test",
+        "noise_test_path": synthetic_corpus / "noise_test",
+        "output_path": data,
+        "file_length": 1,
+        "total_training_files": 8,
+        "total_testing_files": 4,
+        "workers": 1,
+    }
+    args = [a for k, v in sets.items() for a in ("--set", f"data.{k}={v}")]
+    prep = subprocess.run(
+        [sys.executable, "data/data_prep.py", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    config = write_config(tmp_path)
+    stft = subprocess.run(
+        [sys.executable, "STFT.py", "--config", config], cwd=ROOT, capture_output=True, text=True
+    )
+    assert stft.returncode == 0, stft.stderr[-2000:]
+    return config
+
+
+def test_parse_lookaheads_and_budget():
+    assert study_lookahead.parse_lookaheads("0, 2,2,10") == [0, 2, 10]
+    with pytest.raises(utils.PipelineError):
+        study_lookahead.parse_lookaheads("0,-1")
+    with pytest.raises(utils.PipelineError):
+        study_lookahead.parse_lookaheads("a")
+    assert study_lookahead.epochs_for_budget(3, 25.0) == 7  # floor(180 / 25)
+    assert study_lookahead.epochs_for_budget(0.1, 25.0) == 1  # at least one epoch
+
+
+def test_settings_hash_ignores_bookkeeping_but_not_training_keys(tmp_config):
+    cfg = utils.load_config(tmp_config)
+    base = study_lookahead.train_settings(cfg, {})
+    for item, same in (("train.epochs=7", True), ("train.checkpoint_steps=3", True),
+                       ("train.learning_rate=0.00021", True),  # == 2.1e-4 as a number
+                       ("train.learning_rate=1e-3", False), ("model.lstm_units=8", False),
+                       ("train.seed=1", False)):  # fmt: skip
+        other = study_lookahead.train_settings(utils.load_config(tmp_config, [item]), {})
+        assert (study_lookahead._digest(other) == study_lookahead._digest(base)) is same, item
+
+
+def test_missing_data_is_one_line_exit_2(tmp_path):
+    config = write_config(tmp_path)
+    out = run_study("--config", config, "--quick", "--out", tmp_path / "study")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data_prep.py" in lines[0] and "STFT.py" in lines[0], out.stderr
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end_then_noop(tiny_data, tmp_path):
+    out_dir = tmp_path / "study"
+    first = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--no-progress")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    table = (out_dir / "table.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines}
+    assert set(rows) == {"noisy", "lookahead_00", "lookahead_02", "bidirectional"}  # no oracles in --quick
+    assert rows["lookahead_00"][:2] == ["0", "25"] and rows["lookahead_02"][:2] == ["2", "45"]
+    assert rows["bidirectional"][1] == "offline"
+    assert rows["bidirectional"][9].startswith("+0.00")  # its own difference to itself
+    assert table in first.stdout  # printed at the end
+
+    results = json.loads((out_dir / "results.json").read_text())
+    models = {s["name"]: s for s in results["systems"] if s["kind"] == "model"}
+    assert results["epochs"] == 1 and results["equal_optimizer_steps"]
+    steps = 8 // utils.load_config(tiny_data).getint("train", "batch_size")  # 8 training clips
+    assert {s["optimizer_steps"] for s in models.values()} == {results["optimizer_steps"]} == {steps}
+    assert models["lookahead_02"]["algorithmic_latency_ms"] == 45
+    assert models["bidirectional"]["algorithmic_latency_ms"] is None  # inf: offline
+    assert models["bidirectional"]["parameters"] > models["lookahead_00"]["parameters"] > 0
+    assert models["lookahead_00"]["parameters"] == models["lookahead_02"]["parameters"]
+    for s in models.values():
+        assert s["macs_per_frame"] > 0 and s["epochs"] == 1
+        for m in ("sdr", "si_sdr", "snri", "pesq", "stoi"):
+            assert s["metrics"][m]["n"] == results["evaluation"]["n_files"] == 2  # 4 scored - 2 validated
+        assert s["delta_si_sdr_vs_bidirectional"]["n"] == 2
+    assert (out_dir / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert utils.load_config(out_dir / "config.ini").get("model", "lstm_units") == "16"
+    cfg = utils.load_config(tiny_data)
+    runs = utils.get_path(cfg, "checkpoint_dir") / "study_lookahead_quick"
+    weights = {n: (runs / n / "best" / "model.weights.h5").stat().st_mtime_ns for n in models}
+    assert list(
+        (utils.get_path(cfg, "log_dir") / "study_lookahead_quick" / "bidirectional").rglob("events.*")
+    )
+
+    started = time.time()
+    again = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("not retrained") == 3 and again.stdout.count("not re-evaluated") == 3
+    assert weights == {n: (runs / n / "best" / "model.weights.h5").stat().st_mtime_ns for n in models}
+    assert time.time() - started < 20  # no TensorFlow work at all
+    assert (out_dir / "table.md").read_text() == table
+
+    changed = run_study(
+        "--config", tiny_data, "--quick", "--out", out_dir, "--set", "train.learning_rate=0.01"
+    )
+    assert changed.returncode == 2 and "--overwrite" in changed.stderr and "learning_rate" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+
+    # --budget-minutes: the first configuration's first epoch is timed (and kept); then a longer
+    # budget resumes that run instead of starting it again.
+    alone = ("--quick", "--lookaheads", "0", "--no-bidirectional", "--study", "budget", "--no-progress")
+    budget = run_study("--config", tiny_data, *alone, "--out", tmp_path / "b", "--budget-minutes", "0.001")
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert "calibrating the budget" in budget.stdout and "not retrained" in budget.stdout
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b["epochs"] == 1 and b["budget"]["mode"] == "budget_minutes" and b["budget"]["epoch_seconds"] > 0
+    longer = run_study("--config", tiny_data, *alone, "--out", tmp_path / "b", "--epochs", "2")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "resuming from epoch 2" in longer.stdout
+    history = (
+        (utils.get_path(cfg, "checkpoint_dir") / "budget/lookahead_00/history.jsonl").read_text().splitlines()
+    )
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2]
+    b2 = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b2["systems"][1]["epochs"] == 2 and b2["systems"][1]["optimizer_steps"] == 2 * steps
