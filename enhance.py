@@ -16,7 +16,8 @@ How a file is processed
         tail across blocks: the output equals whole-file processing (to float rounding) and memory
         does not grow with the file length.
     causal model, --streaming: the same chain fed 10-ms blocks, the model run frame by frame with its
-        state (model.StreamingMask), exactly as a real-time system would; it equals the offline output.
+        state (`HopStream` over model.StreamingMask, or over the TFLite step with --tflite), exactly as
+        a real-time system would; it equals the offline output.
     bidirectional / seed models: they need the whole file at once; it is read into memory (no chunking
         is possible because the network looks at the future of every frame).
 
@@ -39,6 +40,7 @@ Python API
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import os
@@ -54,36 +56,16 @@ import STFT
 import utils
 
 # ----------------------------------------------------------------------------- mask runners
-# A runner turns feature frames into mask frames for a FrameStream, oldest first:
-#   push(features (k, F, C)) -> masks (m, F, 2) for the oldest frames whose mask is now known
-#   flush() -> masks of every remaining frame (feeds the lookahead's zero frames), then resets
-#   reset()
-# With lookahead L the network's output n is the mask of frame n - L: the first L outputs are dropped and
-# L zero frames are fed at the end, exactly as model.build_model pads and crops a whole clip.
-
-
-class KerasFrameRunner:
-    """Frame by frame with model.StreamingMask: what a real-time system runs every 10 ms."""
-
-    def __init__(self, model, cfg):
-        import model as M
-
-        self.streaming = M.StreamingMask(model, cfg)
-        self.n_bins, self.channels = M.feature_shape(cfg)
-
-    def reset(self) -> None:
-        self.streaming.reset()
-
-    def push(self, feats: np.ndarray) -> np.ndarray:
-        masks = [m for m in (self.streaming.step(f) for f in feats) if m is not None]
-        return _stack(masks, self.n_bins)
-
-    def flush(self) -> np.ndarray:
-        return _stack(self.streaming.flush(), self.n_bins)
-
-
-def _stack(masks, n_bins: int) -> np.ndarray:
-    return np.stack(masks).astype(np.float32) if len(masks) else np.zeros((0, n_bins, 2), np.float32)
+# Two kinds of runner turn feature frames into mask frames, oldest first. With lookahead L the network's
+# output n is the mask of frame n - L: the first L outputs are dropped and L zero frames are fed at the
+# end, exactly as model.build_model pads and crops a whole clip.
+#   frame runners (HopStream; model.StreamingMask, export.TFLiteRunner): one frame per call, as in real time
+#     step(features (F, C)) -> mask (F, 2) float32 of frame n - L, or None while the lookahead fills
+#     flush() -> the remaining masks, a list or (m, F, 2) array (feeds the L zero frames), then resets;
+#     reset()
+#   block runners (FrameStream; KerasChunkRunner, export.TFLiteRunner): many frames per call, offline
+#     push(features (k, F, C)) -> masks (m, F, 2) for the oldest frames whose mask is now known
+#     flush() -> masks (m, F, 2) of every remaining frame, then resets; reset()
 
 
 def chunk_model(model, cfg):
@@ -180,8 +162,10 @@ class KerasChunkRunner:
 
 
 class FrameStream:
-    """Exact streaming STFT -> features -> mask -> complex product -> iSTFT at the model rate.
+    """Exact streaming STFT -> features -> mask -> complex product -> iSTFT at the model rate, in blocks.
 
+    The block-runner twin of HopStream (same interface and output): every process() call analyses all
+    the frames its samples complete at once and hands them to the runner in one push (offline chunks).
     process(x) accepts any number of samples and returns the enhanced samples that no later input can
     change, aligned with the input (the k-th sample returned overall is enhanced input sample k);
     flush() returns the rest, so that the outputs add up to exactly as many samples as went in and
@@ -301,6 +285,125 @@ class FrameStream:
         return y.astype(np.float32)
 
 
+class HopStream:
+    """FrameStream for a frame runner: one hop of input -> one frame through the network -> one hop out.
+
+    Same interface and output as FrameStream (exactly as many samples out as in over process() calls
+    plus flush(), equal to STFT.istft of the whole signal), but each 10-ms frame takes the short path a
+    real-time system runs: window and rfft of the last win_length samples, the features of that one
+    frame, runner.step, complex product, irfft and overlap-add into a win - hop tail, in fixed buffers.
+    Every output sample lies at a padded position >= win - hop, where all the frames that cover it
+    exist, so the overlap-add normalisation is one precomputed hop-periodic window sum.
+    """
+
+    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
+        self.runner, self.sp, self.fp = runner, sp, fp
+        self.window = STFT.window(sp)
+        w2 = self.window.astype(np.float64) ** 2
+        norm = np.zeros(sp.hop)
+        for i in range(0, sp.win_length, sp.hop):
+            block = w2[i : i + sp.hop]
+            norm[: len(block)] += block
+        self.norm = np.maximum(norm, np.finfo(np.float32).tiny).astype(np.float32)
+        f = np.arange(sp.n_bins)
+        self.advance = 2 * np.pi * f * sp.hop / sp.n_fft  # expected phase advance (deviation features)
+        self.frame = np.zeros(sp.win_length, np.float32)  # the samples of the frame being filled
+        self.padded = np.zeros(sp.n_fft, np.float32)  # windowed frame, zero-padded to n_fft
+        self.feats = np.zeros((sp.n_bins, fp.channels), np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        sp = self.sp
+        self.runner.reset()
+        self.frame[:] = 0  # history before the signal: the STFT's front padding
+        self.fill = 0  # new samples in the current hop
+        self.prev = None  # X[t - 1] for the delta phase (none before the first frame)
+        self.waiting = collections.deque()  # STFT frames waiting for their mask (lookahead)
+        self.tail = np.zeros(sp.pad_front, np.float32)  # overlap-add sums of the next win - hop positions
+        self.skip = sp.pad_front  # output positions before the signal's first sample
+        self.n_in = self.n_out = self.frames_in = 0
+
+    @property
+    def pending_samples(self) -> int:
+        return self.n_in - self.n_out
+
+    def process(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float32).reshape(-1)
+        self.n_in += len(x)
+        out = []
+        while len(x):
+            start = self.sp.pad_front + self.fill
+            take = min(self.sp.hop - self.fill, len(x))
+            self.frame[start : start + take] = x[:take]
+            self.fill += take
+            x = x[take:]
+            if self.fill == self.sp.hop:
+                out.append(self._hop())
+        return self._collect(out)
+
+    def flush(self) -> np.ndarray:
+        """Zero-pads the last frames as STFT.stft does, drains the lookahead and returns the tail."""
+        out = []
+        for _ in range(self.sp.n_frames(self.n_in) - self.frames_in):
+            self.frame[self.sp.pad_front + self.fill :] = 0
+            out.append(self._hop())
+        out += [self._synthesise(mask) for mask in self.runner.flush()]
+        y = self._collect(out)
+        self.reset()
+        return y
+
+    def _hop(self) -> np.ndarray:
+        """Analyses the full frame, runs the network and returns the output samples now final."""
+        sp = self.sp
+        np.multiply(self.frame, self.window, out=self.padded[: sp.win_length])
+        X = np.fft.rfft(self.padded)  # complex64 (numpy >= 2 keeps float32 precision)
+        self.frame[: sp.pad_front] = self.frame[sp.hop :]  # history for the next frame
+        self.fill = 0
+        self.frames_in += 1
+        self._features(X)
+        self.waiting.append(X)
+        mask = self.runner.step(self.feats)
+        return _EMPTY if mask is None else self._synthesise(mask)
+
+    def _features(self, X: np.ndarray) -> None:
+        """STFT.features of frame X (previous frame self.prev) into self.feats, in a few vector ops."""
+        fp = self.fp
+        Xc = STFT.compress(X, fp.compression)
+        self.feats[:, :2] = Xc.view(np.float32).reshape(-1, 2)  # (Re, Im) pairs
+        if fp.delta_phase:
+            if self.prev is None:  # dphi[0] = 0 by definition (angle(X * conj(0)) could be pi)
+                self.feats[:, 2:] = (1.0, 0.0)
+            else:
+                d = np.angle(X * self.prev.conj())
+                if fp.deviation:
+                    d = STFT.wrap(d - self.advance).astype(np.float32)
+                np.cos(d, out=self.feats[:, 2])
+                np.sin(d, out=self.feats[:, 3])
+        self.prev = X
+
+    def _synthesise(self, mask: np.ndarray) -> np.ndarray:
+        """Masks the oldest waiting frame, overlap-adds it and returns its first hop (now complete)."""
+        sp = self.sp
+        S = mask.view(np.complex64)[:, 0] * self.waiting.popleft()  # mask (F, 2) = (Re, Im) pairs
+        y = np.fft.irfft(S, n=sp.n_fft)[: sp.win_length]
+        y *= self.window
+        y[: sp.pad_front] += self.tail
+        self.tail = y[sp.hop :]
+        out = y[: sp.hop] / self.norm
+        if self.skip:  # the first frames start before the signal
+            out, self.skip = out[self.skip :], max(self.skip - sp.hop, 0)
+        return out
+
+    def _collect(self, out: list) -> np.ndarray:
+        y = out[0] if len(out) == 1 else np.concatenate(out) if out else _EMPTY
+        y = y[: self.n_in - self.n_out]  # the zero padding after the last input sample is not output
+        self.n_out += len(y)
+        return y
+
+
+_EMPTY = np.zeros(0, np.float32)
+
+
 class RealtimeStream:
     """Real-time interface at the model rate: every call returns exactly len(chunk) samples.
 
@@ -309,7 +412,7 @@ class RealtimeStream:
     samples plus any not yet returned, so concat(outputs)[delay:] equals the offline output.
     """
 
-    def __init__(self, frame_stream: FrameStream, delay: int):
+    def __init__(self, frame_stream: HopStream | FrameStream, delay: int):
         self.frames, self.delay = frame_stream, int(delay)
         self.reset()
 
@@ -364,7 +467,7 @@ class AlignedStream:
     def flush(self) -> np.ndarray:
         return self.process(np.zeros((0, self.channels), np.float32), last=True)
 
-    def _run(self, stream: FrameStream, x: np.ndarray) -> np.ndarray:
+    def _run(self, stream: HopStream | FrameStream, x: np.ndarray) -> np.ndarray:
         if not self.hop_blocks or len(x) <= self.hop_blocks:
             return stream.process(x)
         parts = [stream.process(x[i : i + self.hop_blocks]) for i in range(0, len(x), self.hop_blocks)]
@@ -424,13 +527,15 @@ class BaseEnhancer:
         return 1000.0 * self.delay / self.sample_rate if self.causal else math.inf
 
     def runner(self, streaming: bool):
+        """A frame runner (step, frame by frame) when streaming, else a block runner (push)."""
         raise NotImplementedError
 
     def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def frame_stream(self, streaming: bool = True) -> FrameStream:
-        return FrameStream(self.runner(streaming), self.sp, self.fp)
+    def frame_stream(self, streaming: bool = True) -> HopStream | FrameStream:
+        stream = HopStream if streaming else FrameStream
+        return stream(self.runner(streaming), self.sp, self.fp)
 
     def _require_causal(self, what: str) -> None:
         if not self.causal:
@@ -572,7 +677,9 @@ class Enhancer(BaseEnhancer):
     def runner(self, streaming: bool):
         self._require_causal("streaming" if streaming else "chunked processing")
         if streaming:
-            return KerasFrameRunner(self.model, self.cfg)
+            import model as M
+
+            return M.StreamingMask(self.model, self.cfg)
         if self._chunk_fn is None:  # traced once per enhancer, shared by every file and channel
             self._chunk_fn = chunk_function(self.model, self.cfg)
         return KerasChunkRunner(self.model, self.cfg, self._chunk_fn)

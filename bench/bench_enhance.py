@@ -1,6 +1,7 @@
 """Benchmarks enhance.py / export.py on ONE CPU core: real-time factors, per-frame latency, peak memory.
 
     nice .venv/bin/python bench/bench_enhance.py [--model cp/NAME/best] [--seconds 60] [--long-minutes 10]
+    nice .venv/bin/python bench/bench_enhance.py --streaming-only      # the TFLite streaming rows only
 
 Every measurement runs in a fresh process pinned to one core (sched_setaffinity) with TensorFlow set to
 1 intra-op and 1 inter-op thread and LiteRT to 1 thread:
@@ -9,7 +10,9 @@ Every measurement runs in a fresh process pinned to one core (sched_setaffinity)
   streaming TFLite   the exported step (float32 and dynamic-range int8) through LiteRT, frame by frame
 For streaming, the per-frame latency is the wall time of each 10-ms process() call (STFT, features,
 network step, complex product, overlap-add): p50 / p99 / max. Real-time factor = processing time /
-audio duration (< 1 is faster than real time).
+audio duration (< 1 is faster than real time). A second TFLite pass times interpreter.invoke() apart:
+the network alone versus the rest of the frame (STFT, features, tensor I/O, product, iSTFT). The load
+average is printed beside the timings: other processes on the machine slow a one-core figure down.
 Peak memory: ru_maxrss of a fresh process that enhances a --long-minutes file offline (Keras, and the
 TFLite runner, which never imports TensorFlow), next to one that only imports TensorFlow, one that only
 loads the model and one that enhances the --seconds file; the growth between the two lengths is
@@ -151,6 +154,29 @@ def _stream_timing(enhancer, x: np.ndarray) -> dict:
             "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "frames": len(ms)}  # fmt: skip
 
 
+def _invoke_split(enhancer, x: np.ndarray) -> dict:
+    """A TFLite streaming pass with interpreter.invoke() timed apart: network vs the rest, per frame (ms)."""
+    stream = enhancer.stream()
+    interpreter, hop = stream.frames.runner.interpreter, enhancer.sp.hop
+    invoke, spent = interpreter.invoke, []
+
+    def timed_invoke():
+        t0 = time.perf_counter()
+        invoke()
+        spent.append(time.perf_counter() - t0)
+
+    interpreter.invoke = timed_invoke
+    frames, network = [], []
+    for i in range(0, len(x), hop):
+        t0, n = time.perf_counter(), len(spent)
+        stream.process(x[i : i + hop])
+        frames.append(time.perf_counter() - t0)
+        network.append(sum(spent[n:]))
+    frames, network = 1000 * np.array(frames), 1000 * np.array(network)
+    return {"invoke_p50_ms": float(np.percentile(network, 50)),
+            "rest_p50_ms": float(np.percentile(frames - network, 50))}  # fmt: skip
+
+
 def worker(args) -> dict:
     _one_core(tensorflow=args.worker not in ("stream_tflite", "stream_tflite_int8", "long_tflite", "quality"))
     import soundfile as sf
@@ -211,6 +237,7 @@ def worker(args) -> dict:
         import export
 
         enh = export.TFLiteEnhancer.from_export(args.tflite, quantized=args.worker == "stream_tflite_int8")
+        return {**_stream_timing(enh, x), **_invoke_split(enh, x), "maxrss_mb": _maxrss_mb()}
     return {**_stream_timing(enh, x), "maxrss_mb": _maxrss_mb()}
 
 
@@ -247,6 +274,17 @@ def _verdict(what: str, value: float | None, op: str, target: float, unit: str =
     print(f"  {what} {op} {target:g}{unit}: {'met' if met else 'MISSED'} ({value:.4g}{unit})")
 
 
+def _streaming_verdicts(timing: dict) -> None:
+    for kind, mode in (("float32", "stream_tflite"), ("int8", "stream_tflite_int8")):
+        r = timing[mode]
+        _verdict(f"streaming TFLite {kind} real-time factor", r["rtf"], "<=", TARGETS["rtf"])
+        _verdict(f"streaming TFLite {kind} p99 frame time", r["p99_ms"], "<", TARGETS["p99_ms"], " ms")
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg()) + f" (1 / 5 / 15 min, {os.cpu_count()} cores)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -259,6 +297,11 @@ def main(argv=None) -> int:
         "--corpus", type=Path, default=CORPUS, help=f"for the SI-SDR mixtures (default {CORPUS})"
     )
     parser.add_argument("--mixtures", type=int, default=10, help="mixtures for the int8-vs-float32 SI-SDR")
+    parser.add_argument(
+        "--streaming-only",
+        action="store_true",
+        help="only the streaming TFLite rows and their targets (no offline, memory or SI-SDR runs)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tflite", type=Path, default=None, help=argparse.SUPPRESS)
@@ -289,12 +332,25 @@ def main(argv=None) -> int:
         rows = [("offline Keras (chunked)", "offline"), ("streaming Keras", "stream_keras"),
                 ("streaming TFLite float32", "stream_tflite"),
                 ("streaming TFLite int8", "stream_tflite_int8")]  # fmt: skip
+        if args.streaming_only:
+            rows = rows[2:]
         timing = {}
+        print(f"load average before: {_load()}")
         print(f"\n{args.seconds:g}-s file          real-time factor   per-frame p50 / p99 / max (ms)")
         for label, mode in rows:
             r = timing[mode] = _run(mode, model_dir, short, exported, chunk)
             lat = f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} / {r['max_ms']:.3f}" if "p50_ms" in r else "-"
             print(f"{label:<26} {r['rtf']:>8.4f}          {lat}")
+        print("\nTFLite per-frame p50 split (second pass, invoke timed apart):")
+        for label, mode in rows[-2:]:
+            r = timing[mode]
+            print(f"  {label[10:]:<15} network invoke {r['invoke_p50_ms']:.3f} ms, rest of the frame (STFT, "
+                  f"features, tensor I/O, product, iSTFT) {r['rest_p50_ms']:.3f} ms")  # fmt: skip
+        print(f"load average after: {_load()}")
+        if args.streaming_only:
+            print("\ntargets:")
+            _streaming_verdicts(timing)
+            return 0
 
         tf_only = _run("import_tf", model_dir, short, exported, chunk)
         base = _run("load", model_dir, short, exported, chunk)
@@ -339,15 +395,7 @@ def main(argv=None) -> int:
         print(f"  int8 - float32  {q['int8'] - q['float32']:+7.3f} dB")
 
         print("\ntargets:")
-        for kind, mode in (("float32", "stream_tflite"), ("int8", "stream_tflite_int8")):
-            _verdict(f"streaming TFLite {kind} real-time factor", timing[mode]["rtf"], "<=", TARGETS["rtf"])
-            _verdict(
-                f"streaming TFLite {kind} p99 frame time",
-                timing[mode]["p99_ms"],
-                "<",
-                TARGETS["p99_ms"],
-                " ms",
-            )
+        _streaming_verdicts(timing)
         for name, (mb, _) in hour.items():
             _verdict(f"peak memory, 1-hour file, offline {name}", mb, "<", TARGETS["hour_mb"], " MB")
     return 0

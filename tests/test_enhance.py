@@ -18,6 +18,7 @@ from conftest import ROOT, SR, noise_like, speech_like, write_config
 
 import enhance
 import model as M
+import STFT
 import utils
 
 TINY = {"projection_units": "32", "lstm_units": "32", "lstm_layers": "2", "dense_units": "32"}
@@ -173,6 +174,84 @@ def test_cli_streaming_equals_offline(tmp_path, capsys, lookahead_dir):
     st, _ = sf.read(tmp_path / "str" / "b.wav", dtype="float32")
     assert len(st) == len(off) == len(x)
     np.testing.assert_allclose(st, off, atol=1e-4, rtol=0)  # aligned with the input: delay removed
+
+
+def _fake_net(feats: np.ndarray) -> np.ndarray:
+    """A numpy stand-in for the network: (..., F, C) features -> (..., F, 2) mask using every channel."""
+    re = np.tanh(feats.sum(axis=-1))
+    im = 0.5 * np.sin(feats[..., 0] - feats[..., -1])
+    return np.stack([re, im], axis=-1).astype(np.float32)
+
+
+class FakeFrameRunner:
+    """A frame runner around _fake_net: output n is the mask of frame n - L (None for the first L)."""
+
+    def __init__(self, lookahead: int, n_bins: int, channels: int):
+        self.lookahead, self.zero = lookahead, np.zeros((n_bins, channels), np.float32)
+        self.seen = []  # every feature frame stepped, real ones first
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def step(self, feats):
+        self.seen.append(feats.copy())
+        self.n += 1
+        return _fake_net(feats) if self.n > self.lookahead else None
+
+    def flush(self):
+        masks = [self.step(self.zero) for _ in range(self.lookahead)]
+        self.reset()
+        return [m for m in masks if m is not None]
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+@pytest.mark.parametrize(
+    "features",
+    [
+        STFT.FeatureParams(),
+        STFT.FeatureParams(deviation=True),
+        STFT.FeatureParams(compression=0.5, delta_phase=False),
+    ],
+)
+def test_hop_stream_equals_whole_clip_transform(lookahead, features):
+    """HopStream (frame by frame, odd chunks) == STFT.features, the L-frame delay and STFT.istft."""
+    sp = STFT.StftParams()
+    x = noisy(0.7037, 40)
+    X = STFT.stft(x, sp)
+    feats = STFT.features(X, features, sp)
+    padded = np.concatenate([feats, np.zeros((lookahead,) + feats.shape[1:], np.float32)])
+    mask = _fake_net(padded)[lookahead:]
+    want = STFT.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=len(x))
+    runner = FakeFrameRunner(lookahead, sp.n_bins, features.channels)
+    stream = enhance.HopStream(runner, sp, features)
+    sizes = np.random.default_rng(lookahead).choice([1, 7, 159, 160, 161, 1000], size=len(x))
+    parts, i = [], 0
+    for n in sizes:
+        if i >= len(x):
+            break
+        parts.append(stream.process(x[i : i + n]))
+        i += n
+    y = np.concatenate(parts + [stream.flush()])
+    assert len(y) == len(x)
+    np.testing.assert_allclose(np.stack(runner.seen[: len(X)]), feats, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(y, want, atol=1e-5, rtol=0)
+    # flush() reset the stream: a second pass gives the same output.
+    np.testing.assert_allclose(np.concatenate([stream.process(x), stream.flush()]), y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 80, 159, 161, 400])
+def test_hop_stream_short_inputs(n):
+    """Shorter than a hop or a window: as many samples out as in, equal to the whole-clip transform."""
+    sp, fp = STFT.StftParams(), STFT.FeatureParams()
+    x = noisy(0.1, 41)[:n]
+    stream = enhance.HopStream(FakeFrameRunner(2, sp.n_bins, fp.channels), sp, fp)
+    y = np.concatenate([stream.process(x), stream.flush()])
+    X = STFT.stft(x, sp)
+    padded = np.concatenate([STFT.features(X, fp, sp), np.zeros((2, sp.n_bins, fp.channels), np.float32)])
+    mask = _fake_net(padded)[2:]
+    want = STFT.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=n)
+    assert y.shape == (n,) and y.dtype == np.float32
+    np.testing.assert_allclose(y, want, atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- formats

@@ -99,6 +99,17 @@ def test_tflite_float32_matches_keras(exported):
     np.testing.assert_allclose(y[stream.delay :], want, atol=1e-4, rtol=0)
 
 
+def test_tflite_stream_resets_its_states(exported):
+    """The LSTM states live in the interpreter: flush() zeroes them, so a second pass is identical."""
+    _, out = exported
+    stream = export.TFLiteEnhancer.from_export(out).frame_stream()
+    x = noisy(0.5037, 27)
+    first = np.concatenate([stream.process(x), stream.flush()])
+    second = np.concatenate([stream.process(x[:1000]), stream.process(x[1000:]), stream.flush()])
+    assert len(first) == len(x)
+    np.testing.assert_array_equal(second, first)
+
+
 def test_tflite_quantized_close(exported):
     model_dir, out = exported
     x = noisy(1.5037, 22)
@@ -116,6 +127,14 @@ def test_enhance_cli_with_tflite(exported, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     y, _ = sf.read(tmp_path / "lite" / "g.wav", dtype="float32")
     np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(model_dir)(x), atol=1e-4, rtol=0)
+
+
+def test_cli_self_check(exported, tmp_path, capsys):
+    """export.py's printed check: the TFLite step against the Keras step on random frames."""
+    model_dir, _ = exported
+    assert export.main(["--model", str(model_dir), "--out", str(tmp_path / "exp")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("check:"))
+    assert float(line.split("float32 max |mask - Keras| = ")[1].split(";")[0]) < 1e-4
 
 
 def test_cli_and_non_causal(tmp_path, capsys):
