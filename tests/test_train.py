@@ -572,3 +572,190 @@ def test_short_training_on_real_speech_beats_the_noisy_input(tmp_path):
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
     val = json.loads((folder / "best" / "metrics.json").read_text())["validation"]
     assert val["si_sdr"] - val["si_sdr_noisy"] >= 2.0, history
+
+
+# ----------------------------------------------------------------------------- on-the-fly mixing
+
+
+@pytest.fixture
+def mix_sources(tmp_path) -> dict:
+    """Clean and noise folders for on-the-fly mixing: usable files plus a too-short, a silent and an
+    unreadable clean file (skipped) and a noise shorter than the crop (looped)."""
+    clean, noise = tmp_path / "src" / "clean", tmp_path / "src" / "noise"
+    for folder in (clean, noise):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        sf.write(clean / f"speech_{i}.wav", speech_like(2.5, 900 + i), SR, subtype="FLOAT")
+    sf.write(clean / "short.wav", speech_like(0.5, 950), SR, subtype="FLOAT")
+    sf.write(clean / "silent.wav", np.zeros(SR * 2, np.float32), SR, subtype="FLOAT")
+    (clean / "broken.wav").write_bytes(b"not audio")
+    sf.write(noise / "long.wav", noise_like(3.0, 960), SR, subtype="FLOAT")
+    sf.write(noise / "short.flac", noise_like(0.6, 961), SR)
+    return {"clean_train_path": str(clean), "noise_train_path": str(noise)}
+
+
+def otf_cfg(tmp_path: Path, data_root: Path, sources: dict, **train_values):
+    """make_cfg with on-the-fly mixing from `sources` (a [data] section in the file: the --set route)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    paths = {"data_dir": str(data_root / "data"), "stft_dir": str(data_root)}
+    train_values = {**FAST, "on_the_fly": "true", **train_values}
+    return utils.load_config(write_config(tmp_path, {"paths": paths, "train": train_values, "data": sources}))
+
+
+def make_mixer(cfg) -> train.OnTheFlyMixer:
+    return train.OnTheFlyMixer.from_config(cfg, train.TrainParams.from_config(cfg))
+
+
+def snr_db(speech: np.ndarray, noise: np.ndarray) -> float:
+    s, n = speech.astype(np.float64), noise.astype(np.float64)
+    return float(10 * np.log10(np.sum(s * s) / np.sum(n * n)))
+
+
+def test_on_the_fly_settings_are_parsed_and_checked(tmp_path):
+    cfg = utils.load_config(write_config(tmp_path), ["train.on_the_fly=yes", "train.augment= reverb, EQ "])
+    p = train.TrainParams.from_config(cfg)
+    assert p.on_the_fly is True and p.augment == "eq,reverb" and p.augmentations == ("eq", "reverb")
+    assert train.TrainParams.from_config(utils.load_config(write_config(tmp_path))).on_the_fly is False
+    for bad, match in (("train.on_the_fly=maybe", "true or false"), ("train.augment=eq,echo", "unknown echo"),
+                       ("train.level_db_min=9", "level_db_min <= level_db_max"),
+                       ("train.examples_per_epoch=-1", ">= 0")):  # fmt: skip
+        with pytest.raises(utils.PipelineError, match=match):
+            train.TrainParams.from_config(utils.load_config(write_config(tmp_path), [bad]))
+    # sources and SNR range: data/config.ini (or [train] data_config), then --set data.KEY=VALUE
+    data_cfg = tmp_path / "mydata.ini"
+    data_cfg.write_text("[data]\nclean_train_path = c\nnoise_train_path = n\nSNR_lower = -2\nSNR_upper = 4\n")
+    cfg = utils.load_config(write_config(tmp_path), ["train.data_config=mydata.ini", "data.SNR_upper=9"])
+    d = train.data_settings(cfg)
+    assert d["clean_train_path"] == str(tmp_path / "c") and d["SNR_lower"] == "-2" and d["SNR_upper"] == "9"
+
+
+def test_mixer_skips_bad_sources_and_hits_the_drawn_snr(data_root, tmp_path, mix_sources):
+    mixer = make_mixer(otf_cfg(tmp_path, data_root, mix_sources))
+    assert len(mixer.clean) == 3 and len(mixer.noise) == 2  # short, silent and broken clean files skipped
+    assert mixer.n_samples == 100 * 160 and mixer.snr_range == (-5.0, 15.0)  # data/config.ini's range
+    examples = [mixer.example(0, i) for i in range(12)]
+    for ex in examples:
+        assert ex.noisy.dtype == np.float32 and len(ex.noisy) == mixer.n_samples
+        assert -5 <= ex.snr_db <= 15 and ex.level_db <= 6 + 1e-9
+        assert snr_db(ex.clean, ex.noise) == pytest.approx(ex.snr_db, abs=0.01)  # the level gain keeps it
+        np.testing.assert_allclose(ex.noisy, ex.clean + ex.noise, atol=1e-6)
+        assert np.abs(ex.noisy).max() <= 0.99 + 1e-6
+    assert len({round(ex.snr_db, 6) for ex in examples}) == 12  # continuous, not data_prep's 5 levels
+    assert max(ex.level_db for ex in examples) - min(ex.level_db for ex in examples) > 3
+    # the STFT the step consumes is the crop's own (its first `crop` frames)
+    noisy, clean = mixer.spectra(0, 3)
+    assert noisy.shape == (100, 257) and np.array_equal(clean, STFT.stft(mixer.example(0, 3).clean)[:100])
+
+
+def test_augmentations_keep_the_snr_and_change_no_other_draw(data_root, tmp_path, mix_sources):
+    dry = make_mixer(otf_cfg(tmp_path / "dry", data_root, mix_sources))
+    wet = make_mixer(otf_cfg(tmp_path / "wet", data_root, mix_sources, augment="eq,reverb"))
+    reverberant = 0
+    for i in range(16):
+        a, b = dry.example(2, i), wet.example(2, i)
+        assert a.snr_db == b.snr_db
+        speech = b.noisy.astype(np.float64) - b.noise  # what the noise was scaled against
+        assert snr_db(speech, b.noise) == pytest.approx(b.snr_db, abs=0.01)
+        reverberant += not np.allclose(speech, b.clean, atol=1e-5)  # target = early part of the room
+    assert 2 <= reverberant <= 14  # AUGMENT_PROBABILITY = 0.5 of 16 examples
+
+
+def test_shelving_eq_and_synthetic_room():
+    from scipy import signal
+
+    for kind, probe in (("low", 0), ("high", -1)):
+        _, h = signal.sosfreqz(train.shelf_sos(kind, 500.0 if kind == "low" else 3000.0, -5.0, SR), 512)
+        assert 20 * np.log10(abs(h[probe])) == pytest.approx(-5.0, abs=0.05)
+        assert 20 * np.log10(abs(h[-1 - probe])) == pytest.approx(0.0, abs=0.3)  # the other end untouched
+    h = train.room_impulse_response(np.random.default_rng(3), SR)
+    rt60 = len(h) / SR
+    assert h[0] == 1.0 and train.RT60_S[0] <= rt60 <= train.RT60_S[1]
+    drr = 10 * np.log10(1.0 / np.sum(h[1:] ** 2))
+    assert train.DRR_DB[0] - 1e-9 <= drr <= train.DRR_DB[1] + 1e-9
+    win = int(0.02 * SR)
+    e1, e2 = (np.sum(h[int(f * len(h)) : int(f * len(h)) + win] ** 2) for f in (0.2, 0.7))
+    assert 10 * np.log10(e1 / e2) == pytest.approx(30.0, abs=5.0)  # 60 dB per RT60
+    x = speech_like(1.0, 5)
+    wet, early = train.reverberate(x, h, SR)
+    np.testing.assert_allclose(early, signal.fftconvolve(x, h[: int(0.05 * SR) + 1])[: len(x)], atol=1e-9)
+    assert len(wet) == len(x) and not np.allclose(wet, early)
+
+
+def test_mix_dataset_is_deterministic_whatever_the_parallelism(data_root, tmp_path, mix_sources):
+    mixer = make_mixer(otf_cfg(tmp_path, data_root, mix_sources, augment="eq,reverb"))
+
+    def batches(epoch, parallel, skip=0, drop=False):
+        ds = train.make_mix_dataset(mixer, epoch, 7, 2, skip, drop_remainder=drop, parallel=parallel)
+        return [tuple(t.numpy() for t in b) for b in ds]
+
+    one, four = batches(1, 1), batches(1, 4)
+    assert [b[0].shape for b in one] == [(2, 100, 257)] * 3 + [(1, 100, 257)]
+    for a, b in zip(one, four, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert a[2].all()
+    # batch b holds examples 2b, 2b + 1 (computed alone, in any order), so skipping batches resumes
+    assert np.array_equal(one[1][1][1], mixer.spectra(1, 3)[1])
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(one[2:], batches(1, 2, skip=2), strict=True))
+    assert len(batches(1, 2, drop=True)) == 3
+    assert not np.array_equal(one[0][0], batches(2, 1)[0][0])  # another epoch, other mixtures
+
+
+def test_on_the_fly_training_runs_end_to_end_without_the_training_cache(data_root, tmp_path, mix_sources):
+    import shutil
+
+    stft = tmp_path / "stft"  # only the test split's cache: examples_per_epoch replaces its count
+    shutil.copytree(data_root / "Testing_STFT", stft / "Testing_STFT")
+    cfg = otf_cfg(tmp_path, data_root, mix_sources, epochs=2, examples_per_epoch=4, augment="eq,reverb")
+    cfg.set("paths", "stft_dir", str(stft))
+    folder = train.train(cfg, "otf", progress=False)
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4] and all(h["clips"] == 4 for h in history)
+    assert np.isfinite(history[-1]["validation"]["si_sdr"]) and (folder / "best" / "metrics.json").is_file()
+    saved = utils.load_config(folder / "config.ini")  # names the sources and SNR range it used
+    assert saved["data"]["noise_train_path"] == mix_sources["noise_train_path"]
+    assert saved["data"]["SNR_lower"] == "-5" and Path(saved["train"]["data_config"]).is_absolute()
+    for override in ("train.on_the_fly=false", "train.examples_per_epoch=0"):  # these read its size
+        other = utils.load_config(cfg.source, [override, f"paths.stft_dir={stft}"])
+        with pytest.raises(utils.PipelineError, match="Training_STFT: not a readable STFT cache"):
+            train.train(other, override.split("=")[0].split(".")[1], progress=False)
+
+
+@pytest.mark.slow
+def test_on_the_fly_resume_after_a_crash_is_exact(data_root, tmp_path, mix_sources, monkeypatch):
+    """The crash test above, on the fly: 2 epochs of 3 batches, killed after step 5, resumed."""
+    run = {"epochs": 2, "examples_per_epoch": 6, "augment": "eq,reverb"}
+    cfg_a = otf_cfg(tmp_path / "a", data_root, mix_sources, **run, checkpoint_steps=100)
+    train.train(cfg_a, "run", progress=False)
+    cfg_b = otf_cfg(tmp_path / "b", data_root, mix_sources, **run, checkpoint_steps=1)
+    original, calls = train.Trainer.train_step, {"n": 0}
+
+    def crash_at_step_5(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 5:
+            raise RuntimeError("killed")
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.train(cfg_b, "run", progress=False)
+    monkeypatch.setattr(train.Trainer, "train_step", original)
+    train.train(cfg_b, "run", resume=True, progress=False)
+    assert_same_weights(latest_weights(cfg_b), latest_weights(cfg_a))
+
+
+def test_resume_refuses_changed_on_the_fly_settings(data_root, tmp_path, mix_sources):
+    cfg = otf_cfg(tmp_path, data_root, mix_sources)
+    fake_run_folder(train.with_data_settings(cfg))
+    other = tmp_path / "other_noise"
+    other.mkdir()
+    refused = ["train.on_the_fly=false", "train.augment=eq", "train.examples_per_epoch=8",
+               "train.level_db_max=0", f"data.noise_train_path={other}", "data.SNR_lower=0"]  # fmt: skip
+    for override in refused:
+        changed = utils.load_config(tmp_path / "config.ini", [override])
+        key = override.split("=")[0].split(".")[1]
+        with pytest.raises(utils.PipelineError, match=rf"--resume with other settings.*{key}"):
+            train.train(changed, "run", resume=True, progress=False)
+    dirs = train.RunDirs.from_config(cfg, "run")
+    allowed = utils.load_config(tmp_path / "config.ini", ["train.epochs=4", "data.SNR_upper=15.0"])
+    assert train.prepare_run(allowed, dirs, True, False) is True
