@@ -17,6 +17,7 @@ SCRIPTS = [
     "enhance.py",
     "export.py",
     "demo.py",
+    "study_lookahead.py",
 ]
 
 
