@@ -43,21 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import utils  # noqa: E402
+from data.demo_corpus import harmonic_speech  # noqa: E402
 
 SR = 16000
 CORPUS = ROOT.parent / "shared" / "corpus"
 TARGETS = {"rtf": 0.01, "p99_ms": 1.0, "hour_mb": 500.0}
-
-
-def _speech(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like harmonics under a syllable envelope (tests/conftest's stand-in)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    x = sum(np.sin(k * phase) / k for k in range(1, 12))
-    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
-    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
@@ -66,7 +56,7 @@ def _noise(seconds: float, seed: int) -> np.ndarray:
 
 
 def _signal(seconds: float, seed: int) -> np.ndarray:
-    return (_speech(seconds, seed) + 0.05 * _noise(seconds, seed + 1)).astype(np.float32)
+    return (harmonic_speech(seconds, seed) + 0.05 * _noise(seconds, seed + 1)).astype(np.float32)
 
 
 def _mixtures(corpus: Path, count: int, seed: int = 0) -> tuple[list, str]:
@@ -85,7 +75,7 @@ def _mixtures(corpus: Path, count: int, seed: int = 0) -> tuple[list, str]:
                  for i, c in enumerate(cleans)]  # fmt: skip
         source = f"{len(pairs)} real mixtures: {corpus}/clean_test x noise_test"
     else:
-        pairs = [(_speech(4.0, 100 + i), _noise(20.0, 200 + i)) for i in range(count)]
+        pairs = [(harmonic_speech(4.0, 100 + i), _noise(20.0, 200 + i)) for i in range(count)]
         source = f"{count} SYNTHETIC mixtures (no corpus at {corpus}: not a real-audio figure)"
     out = []
     for i, (clean, noise) in enumerate(pairs):

@@ -29,20 +29,10 @@ sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 import metrics  # noqa: E402
 import utils  # noqa: E402
+from data.demo_corpus import harmonic_speech  # noqa: E402
 
 SR = 16000
 CORPUS = ROOT.parent / "shared" / "corpus"
-
-
-def _speech_like(seconds: float, seed: int) -> np.ndarray:
-    """Same stand-in as tests/conftest.speech_like (kept here: bench/ does not import tests/)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    x = sum(np.sin(k * phase) / k for k in range(1, 12))
-    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
-    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
 
 
 def _clean_sources(n: int, seconds: float) -> tuple[list[np.ndarray], str]:
@@ -55,7 +45,7 @@ def _clean_sources(n: int, seconds: float) -> tuple[list[np.ndarray], str]:
             out.append(x[:length])
         if len(out) == n:
             return out, f"real speech from {CORPUS}"
-    return [_speech_like(seconds, 100 + i) for i in range(n)], "synthetic speech-like signals"
+    return [harmonic_speech(seconds, 100 + i) for i in range(n)], "synthetic speech-like signals"
 
 
 def make_mixtures(root: Path, n: int, seconds: float) -> str:

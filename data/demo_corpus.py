@@ -167,6 +167,18 @@ def _formant_filter(x: np.ndarray, formants: np.ndarray, bandwidths: np.ndarray)
     return y
 
 
+def harmonic_speech(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """A quick voiced-speech stand-in for tests and benchmarks: harmonics of a gliding f0 under a
+    syllable-rate envelope (no formants; `synth_speech` is the realistic one)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
+    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
+
+
 def synth_speech(rng: np.random.Generator, talker: Talker, seconds: float) -> np.ndarray:
     """One utterance of `seconds` (float32), normalised to a random level between -28 and -20 dBFS."""
     voiced, fric, f0, formants, kind = _controls(rng, talker, seconds).arrays()

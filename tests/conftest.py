@@ -13,6 +13,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from data.demo_corpus import harmonic_speech as speech_like  # noqa: E402  (fixtures and tests use this name)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
@@ -28,17 +30,6 @@ def corpus_available() -> bool:
 requires_corpus = pytest.mark.skipif(
     not corpus_available(), reason=f"real corpus not found at {CORPUS} (set SE_CORPUS to use another)"
 )
-
-
-def speech_like(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
-    """A voiced-speech stand-in: harmonics of a gliding f0 under a syllable-rate envelope."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    x = sum(np.sin(k * phase) / k for k in range(1, 12))
-    env = np.clip(np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)), 0, None) ** 0.5
-    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
 
 
 def noise_like(seconds: float, seed: int, sr: int = SR) -> np.ndarray:

@@ -307,23 +307,29 @@ def assert_same_weights(a, b):
         np.testing.assert_allclose(wa, wb, atol=1e-5)
 
 
+def interrupt_after_step(monkeypatch, n: int, error: BaseException):
+    """Makes the n-th training step raise `error` right AFTER its update ran (the worst moment)."""
+    original, calls = train.Trainer.train_step, {"n": 0}
+
+    def step_then_raise(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == n:
+            raise error
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_raise)
+    return lambda: monkeypatch.setattr(train.Trainer, "train_step", original)
+
+
 def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
     """KeyboardInterrupt after the step's update ran but before the loop saw its result: the saved
     checkpoint must count that batch, so --resume does not apply it twice."""
     cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=100)
-    original, calls = train.Trainer.train_step, {"n": 0}
-
-    def update_then_interrupt(self, batch):
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as a Ctrl-C landing just after the graph call returns
-        return out
-
-    monkeypatch.setattr(train.Trainer, "train_step", update_then_interrupt)
+    restore = interrupt_after_step(monkeypatch, 2, KeyboardInterrupt())  # Ctrl-C just after the graph call
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, "run", progress=False)
-    monkeypatch.setattr(train.Trainer, "train_step", original)
+    restore()
     train.train(cfg, "run", resume=True, progress=False)
     assert_same_weights(latest_weights(cfg), straight_weights)
 
@@ -333,21 +339,12 @@ def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
 ):
     """kill -9 semantics: a RuntimeError skips the Ctrl-C save; checkpoint_steps=1 left one per step."""
     cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=1)
-    original, calls = train.Trainer.train_step, {"n": 0}
-
-    def crash_at_step_5(self, batch):  # epoch 2, batch 2, after its update ran (never saved)
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] == 5:
-            raise RuntimeError("killed")
-        return out
-
-    monkeypatch.setattr(train.Trainer, "train_step", crash_at_step_5)
+    restore = interrupt_after_step(monkeypatch, 5, RuntimeError("killed"))  # epoch 2, batch 2; never saved
     with pytest.raises(RuntimeError, match="killed"):
         train.train(cfg, "run", progress=False)
     folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
     assert Path(train._tf().train.latest_checkpoint(str(folder))).name == "ckpt-4"
-    monkeypatch.setattr(train.Trainer, "train_step", original)
+    restore()
     train.train(cfg, "run", resume=True, progress=False)
     assert_same_weights(latest_weights(cfg), straight_weights)
 
@@ -727,19 +724,10 @@ def test_on_the_fly_resume_after_a_crash_is_exact(data_root, tmp_path, mix_sourc
     cfg_a = otf_cfg(tmp_path / "a", data_root, mix_sources, **run, checkpoint_steps=100)
     train.train(cfg_a, "run", progress=False)
     cfg_b = otf_cfg(tmp_path / "b", data_root, mix_sources, **run, checkpoint_steps=1)
-    original, calls = train.Trainer.train_step, {"n": 0}
-
-    def crash_at_step_5(self, batch):
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] == 5:
-            raise RuntimeError("killed")
-        return out
-
-    monkeypatch.setattr(train.Trainer, "train_step", crash_at_step_5)
+    restore = interrupt_after_step(monkeypatch, 5, RuntimeError("killed"))
     with pytest.raises(RuntimeError, match="killed"):
         train.train(cfg_b, "run", progress=False)
-    monkeypatch.setattr(train.Trainer, "train_step", original)
+    restore()
     train.train(cfg_b, "run", resume=True, progress=False)
     assert_same_weights(latest_weights(cfg_b), latest_weights(cfg_a))
 
