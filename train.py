@@ -35,8 +35,8 @@ their manifest indices and evaluate.py also reports its scores without them. A f
 SNR on a validation file (silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
 Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint exactly
 (the update and the step counter change in one graph call). --resume refuses a change of [STFT],
-[features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, clip_norm,
-validation_files, on_the_fly, examples_per_epoch, level_db_min, level_db_max, augment (and, on the
+[features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, lr_halving_steps,
+clip_norm, validation_files, on_the_fly, examples_per_epoch, level_db_min, level_db_max, augment (and, on the
 fly, of the sources and SNR range).
 """
 
@@ -73,8 +73,8 @@ VAL_BATCH = 8
 # deterministic and run_name may change on resume.
 MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 FIXED_TRAIN_KEYS = (
-    "seed", "batch_size", "crop_seconds", "learning_rate", "clip_norm", "validation_files",
-    "on_the_fly", "examples_per_epoch", "level_db_min", "level_db_max", "augment",
+    "seed", "batch_size", "crop_seconds", "learning_rate", "lr_halving_steps", "clip_norm",
+    "validation_files", "on_the_fly", "examples_per_epoch", "level_db_min", "level_db_max", "augment",
 )  # fmt: skip
 # A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
 # many dB in the epoch mean, so silencing files can never raise the score that picks best/.
@@ -89,6 +89,8 @@ class TrainParams:
     epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 2.1e-4
+    # Steps over which the learning rate halves (smooth exponential decay); 0 = constant.
+    lr_halving_steps: int = 0
     crop_seconds: float = 2.0
     clip_norm: float = 5.0
     validation_files: int = 32
@@ -138,6 +140,8 @@ class TrainParams:
             raise utils.PipelineError(f"{src} deterministic={p.deterministic}: expected auto, true or false")
         if p.crop_seconds <= 0 or p.learning_rate <= 0:
             raise utils.PipelineError(f"{src} crop_seconds and learning_rate must be > 0")
+        if p.lr_halving_steps < 0:
+            raise utils.PipelineError(f"{src} lr_halving_steps={p.lr_halving_steps}: must be >= 0")
         if p.examples_per_epoch < 0:
             raise utils.PipelineError(f"{src} examples_per_epoch={p.examples_per_epoch}: must be >= 0")
         if not (math.isfinite(p.level_db_min) and math.isfinite(p.level_db_max)) or (
@@ -223,6 +227,16 @@ def load_crops(cache, index: np.ndarray, start: np.ndarray, crop: int):
         clean[k, :length] = cache.clean[a : a + length]
         valid[k, :length] = 1.0
     return noisy, clean, valid
+
+
+def learning_rate_schedule(params: TrainParams):
+    """Adam's learning rate: constant, or learning_rate * 0.5 ** (step / lr_halving_steps). A function
+    of the optimizer's own step counter, so it resumes exactly from a checkpoint."""
+    if params.lr_halving_steps == 0:
+        return params.learning_rate
+    import keras
+
+    return keras.optimizers.schedules.ExponentialDecay(params.learning_rate, params.lr_halving_steps, 0.5)
 
 
 def n_batches(n_examples: int, batch_size: int, drop_remainder: bool) -> int:
@@ -621,7 +635,7 @@ class Trainer:
             self.model = model_lib.build_model(cfg)
             import keras
 
-            self.optimizer = keras.optimizers.Adam(learning_rate=params.learning_rate)
+            self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(params))
             self.optimizer.build(self.model.trainable_variables)
         # Training state saved in every checkpoint (data order = f(seed, epoch, batch)).
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")

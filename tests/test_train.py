@@ -359,13 +359,28 @@ def fake_run_folder(cfg, run: str = "run") -> Path:
     return folder
 
 
+def test_learning_rate_halves_every_lr_halving_steps(tmp_path):
+    cfg = utils.load_config(train.utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3"])
+    assert train.learning_rate_schedule(train.TrainParams.from_config(cfg)) == pytest.approx(1e-3)
+    cfg = utils.load_config(
+        train.utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3", "train.lr_halving_steps=100"]
+    )
+    schedule = train.learning_rate_schedule(train.TrainParams.from_config(cfg))
+    for step, expected in [(0, 1e-3), (100, 5e-4), (250, 1e-3 * 0.5**2.5)]:
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(utils.PipelineError, match="lr_halving_steps"):
+        train.TrainParams.from_config(
+            utils.load_config(train.utils.DEFAULT_CONFIG, ["train.lr_halving_steps=-1"])
+        )
+
+
 def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
     folder = fake_run_folder(cfg)
     saved = (folder / "config.ini").read_bytes()
     refused = ["loss.lam=0.2", "model.lstm_units=16", "train.seed=7", "train.batch_size=3",
                "train.crop_seconds=0.5", "train.learning_rate=1e-4", "train.clip_norm=1",
-               "train.validation_files=1"]  # fmt: skip
+               "train.validation_files=1", "train.lr_halving_steps=100"]  # fmt: skip
     for override in refused:
         changed = utils.load_config(tmp_path / "config.ini", [override])
         key = override.split("=")[0].split(".")[1]
