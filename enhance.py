@@ -477,20 +477,7 @@ class AlignedStream:
 # ----------------------------------------------------------------------------- the enhancer
 
 
-def default_model_dir(cfg=None) -> Path:
-    """pretrained/ in the repo if present, else <checkpoint_dir>/<[train] run_name or default>/best."""
-    shipped = utils.ROOT / "pretrained"
-    if (shipped / "model.weights.h5").is_file():
-        return shipped
-    if cfg is None:
-        cfg = utils.load_config(utils.DEFAULT_CONFIG)
-    run = cfg.get("train", "run_name", fallback="default") or "default"
-    best = utils.get_path(cfg, "checkpoint_dir") / run / "best"
-    if (best / "model.weights.h5").is_file():
-        return best
-    raise utils.PipelineError(
-        f"{best}: no trained model (train one with `python train.py`, run `make demo` or pass --model DIR)"
-    )
+default_model_dir = utils.default_model_dir  # (kept importable from here)
 
 
 def _fix_length(y: np.ndarray, n: int) -> np.ndarray:
@@ -828,7 +815,9 @@ def _load(args, cfg):
         import export
 
         return export.TFLiteEnhancer.from_export(args.tflite)
-    return Enhancer.from_pretrained(args.model or default_model_dir(cfg))
+    folder = args.model or default_model_dir(cfg)
+    print(f"model: {folder}", file=sys.stderr)
+    return Enhancer.from_pretrained(folder)
 
 
 def main(argv=None) -> int:
@@ -848,8 +837,8 @@ def main(argv=None) -> int:
         "--model",
         type=Path,
         default=None,
-        help="folder with model.weights.h5 + config.ini (model.save_trained); default: pretrained/ if "
-        "present, else <checkpoint_dir>/<[train] run_name>/best",
+        help="folder with model.weights.h5 + config.ini (model.save_trained); default: "
+        "<checkpoint_dir>/<[train] run_name>/best once trained, else the shipped pretrained/",
     )
     parser.add_argument(
         "--tflite",

@@ -314,8 +314,10 @@ def resolve_model_dir(cfg, model: Path | None, run: str | None) -> tuple[Path, s
         folder = Path(model).resolve()
         name = folder.parent.name if folder.name == "best" else folder.name
         return folder, name
-    name = run or cfg.get("train", "run_name", fallback="") or "default"
-    return utils.get_path(cfg, "checkpoint_dir") / name / "best", name
+    if run is None:  # no model named: your trained run, else the shipped pretrained/
+        folder = utils.default_model_dir(cfg)
+        return folder, ("pretrained" if folder == utils.PRETRAINED_DIR else folder.parent.name)
+    return utils.get_path(cfg, "checkpoint_dir") / run / "best", run
 
 
 def _load_model(model_dir: Path):
@@ -674,7 +676,11 @@ def main(argv=None) -> int:
     utils.add_config_args(parser)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, help="model folder (model.weights.h5 + config.ini from training)")
-    src.add_argument("--run", help="run name: uses <checkpoint_dir>/RUN/best (default: [train] run_name)")
+    src.add_argument(
+        "--run",
+        help="run name: uses <checkpoint_dir>/RUN/best (default: [train] run_name "
+        "once trained, else the shipped pretrained/)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <results_dir>/<run name>)")
     parser.add_argument("--limit", type=int, help="score only the first N test files")
     parser.add_argument(

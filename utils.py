@@ -107,6 +107,25 @@ def get_path(cfg: configparser.ConfigParser, key: str, section: str = "paths") -
     return Path(cfg.get(section, key))
 
 
+PRETRAINED_DIR = ROOT / "pretrained"  # the shipped default model (pretrained/README.md)
+
+
+def default_model_dir(cfg=None) -> Path:
+    """The model a script uses when none is given: the run config.ini names
+    (<checkpoint_dir>/<[train] run_name>/best) once you have trained it, else the shipped pretrained/."""
+    if cfg is None:
+        cfg = load_config(DEFAULT_CONFIG)
+    run = cfg.get("train", "run_name", fallback="default") or "default"
+    best = get_path(cfg, "checkpoint_dir") / run / "best"
+    for folder in (best, PRETRAINED_DIR):
+        if (folder / "model.weights.h5").is_file():
+            return folder
+    raise PipelineError(
+        f"{best}: no trained model and no shipped {PRETRAINED_DIR.name}/ (train one with `python train.py`, "
+        "run `make demo` or pass --model DIR)"
+    )
+
+
 def save_config(cfg: configparser.ConfigParser, path: Path | str) -> None:
     """Writes the resolved config (absolute paths, overrides applied) atomically."""
     with atomic_write(path, "w") as f:

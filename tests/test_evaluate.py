@@ -220,6 +220,10 @@ def test_missing_inputs_are_user_errors(tmp_path):
 def test_resolve_model_dir(tmp_path):
     cfg = utils.load_config(write_config(tmp_path, {"train": {"run_name": "exp"}}))
     cp = utils.get_path(cfg, "checkpoint_dir")
+    if (utils.PRETRAINED_DIR / "model.weights.h5").is_file():  # not trained yet: the shipped model
+        assert evaluate.resolve_model_dir(cfg, None, None) == (utils.PRETRAINED_DIR, "pretrained")
+    (cp / "exp" / "best").mkdir(parents=True)
+    (cp / "exp" / "best" / "model.weights.h5").write_bytes(b"")
     assert evaluate.resolve_model_dir(cfg, None, None) == (cp / "exp" / "best", "exp")
     assert evaluate.resolve_model_dir(cfg, None, "b") == (cp / "b" / "best", "b")
     assert evaluate.resolve_model_dir(cfg, tmp_path / "cp" / "x" / "best", None)[1] == "x"
