@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402
 import utils  # noqa: E402
-from data import demo_corpus  # noqa: E402
+from data import data_prep, demo_corpus  # noqa: E402
 
 GOLDEN = utils.PRETRAINED_DIR / "golden.json"
 SR = 16000
@@ -39,10 +39,10 @@ SYNTHETIC = (("synthetic_babble_0dB", "babble", 0.0), ("synthetic_pink_5dB", "pi
 REAL = (("real_0dB", 0, 0, 0.0), ("real_5dB", 1, 3, 5.0), ("real_10dB", 2, 6, 10.0))
 
 
-def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """clean + noise scaled to snr_db (the data_prep definition), float32."""
-    gain = np.sqrt(np.sum(clean.astype(np.float64) ** 2) / np.sum(noise.astype(np.float64) ** 2))
-    return (clean + noise * gain * 10 ** (-snr_db / 20)).astype(np.float32)
+def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy) mixed exactly as data_prep mixes (SNR exact, one gain if it would clip)."""
+    c, _, noisy, _ = data_prep.mix(clean, noise, snr_db)
+    return c, noisy
 
 
 def synthetic_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -52,7 +52,7 @@ def synthetic_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         talker = demo_corpus.make_talkers(rng, 3)[k]
         clean = demo_corpus.synth_speech(rng, talker, SECONDS)
         noise = demo_corpus.synth_noise(rng, kind, SECONDS)
-        out[name] = clean, mix(clean, noise, snr)
+        out[name] = mix(clean, noise, snr)
     return out
 
 
@@ -68,7 +68,7 @@ def real_cases(corpus: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for name, ci, ni, snr in REAL:
         clean = utils.read_audio(cleans[ci], SR)[0][:n]
         noise = utils.read_audio(noises[ni], SR)[0][SR : SR + n]
-        out[name] = clean, mix(clean, noise, snr)
+        out[name] = mix(clean, noise, snr)
     return out
 
 
