@@ -33,7 +33,7 @@ SR = 16000
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
-def test_signal(seconds: float) -> tuple[np.ndarray, str]:
+def bench_signal(seconds: float) -> tuple[np.ndarray, str]:
     n = int(seconds * SR)
     files = {s: sorted((CORPUS / s).glob("*.flac")) for s in ("clean_test", "noise_test")}
     if all(files.values()):
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     import evaluate
     import export
 
-    x, source = test_signal(args.seconds)
+    x, source = bench_signal(args.seconds)
     enh = enhance.Enhancer.from_pretrained(args.model)
 
     tflite_dir = Path(tempfile.mkdtemp(prefix="bench_baselines_"))
