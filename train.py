@@ -75,6 +75,7 @@ MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 FIXED_TRAIN_KEYS = (
     "seed", "batch_size", "crop_seconds", "learning_rate", "lr_halving_steps", "clip_norm",
     "validation_files", "on_the_fly", "examples_per_epoch", "level_db_min", "level_db_max", "augment",
+    "warmup_steps", "cosine_steps", "init_weights",
 )  # fmt: skip
 # A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
 # many dB in the epoch mean, so silencing files can never raise the score that picks best/.
@@ -91,6 +92,13 @@ class TrainParams:
     learning_rate: float = 2.1e-4
     # Steps over which the learning rate halves (smooth exponential decay); 0 = constant.
     lr_halving_steps: int = 0
+    # Linear warm-up from 0 over warmup_steps, then (cosine_steps > 0) a cosine decay to
+    # COSINE_FLOOR * learning_rate over cosine_steps, flat afterwards; excludes lr_halving_steps.
+    warmup_steps: int = 0
+    cosine_steps: int = 0
+    # Start a new run from these weights (a model.weights.h5 of the same [model]; relative to the
+    # config file's folder), e.g. fine-tuning pretrained/; empty = random initialisation.
+    init_weights: str = ""
     crop_seconds: float = 2.0
     clip_norm: float = 5.0
     validation_files: int = 32
@@ -140,8 +148,11 @@ class TrainParams:
             raise utils.PipelineError(f"{src} deterministic={p.deterministic}: expected auto, true or false")
         if p.crop_seconds <= 0 or p.learning_rate <= 0:
             raise utils.PipelineError(f"{src} crop_seconds and learning_rate must be > 0")
-        if p.lr_halving_steps < 0:
-            raise utils.PipelineError(f"{src} lr_halving_steps={p.lr_halving_steps}: must be >= 0")
+        for name in ("lr_halving_steps", "warmup_steps", "cosine_steps"):
+            if getattr(p, name) < 0:
+                raise utils.PipelineError(f"{src} {name}={getattr(p, name)}: must be >= 0")
+        if p.lr_halving_steps and p.cosine_steps:
+            raise utils.PipelineError(f"{src} lr_halving_steps and cosine_steps: choose one decay")
         if p.examples_per_epoch < 0:
             raise utils.PipelineError(f"{src} examples_per_epoch={p.examples_per_epoch}: must be >= 0")
         if not (math.isfinite(p.level_db_min) and math.isfinite(p.level_db_max)) or (
@@ -229,13 +240,25 @@ def load_crops(cache, index: np.ndarray, start: np.ndarray, crop: int):
     return noisy, clean, valid
 
 
+COSINE_FLOOR = 0.01  # cosine decay ends at 1 % of the peak learning rate
+
+
 def learning_rate_schedule(params: TrainParams):
-    """Adam's learning rate: constant, or learning_rate * 0.5 ** (step / lr_halving_steps). A function
-    of the optimizer's own step counter, so it resumes exactly from a checkpoint."""
-    if params.lr_halving_steps == 0:
-        return params.learning_rate
+    """Adam's learning rate: constant; learning_rate * 0.5 ** (step / lr_halving_steps); or a linear
+    warm-up over warmup_steps followed by a cosine decay over cosine_steps. A function of the
+    optimizer's own step counter, so it resumes exactly from a checkpoint."""
     import keras
 
+    if params.cosine_steps or params.warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if params.warmup_steps else params.learning_rate,
+            decay_steps=max(params.cosine_steps, 1) if params.cosine_steps else 10**12,
+            alpha=COSINE_FLOOR if params.cosine_steps else 1.0,
+            warmup_target=params.learning_rate if params.warmup_steps else None,
+            warmup_steps=params.warmup_steps,
+        )
+    if params.lr_halving_steps == 0:
+        return params.learning_rate
     return keras.optimizers.schedules.ExponentialDecay(params.learning_rate, params.lr_halving_steps, 0.5)
 
 
@@ -278,7 +301,7 @@ def make_dataset(cache, seed: int, epoch: int, crop: int, batch_size: int, skip_
 
 # ----------------------------------------------------------------------------- on-the-fly mixing
 
-AUGMENTATIONS = ("eq", "reverb")
+AUGMENTATIONS = ("eq", "reverb", "noise2", "tilt", "modulate", "transient")
 # Each augmentation is drawn for half the examples, so the model keeps seeing dry, uncoloured speech
 # like the test mixtures'.
 AUGMENT_PROBABILITY = 0.5
@@ -288,6 +311,17 @@ EQ_HIGH_HZ = (1500.0, 6000.0)  # high-shelf corner, log-uniform (capped below Ny
 RT60_S = (0.2, 0.8)
 DRR_DB = (-3.0, 10.0)  # direct-to-reverberant energy ratio of the synthetic room
 EARLY_S = 0.05  # the reverb target keeps the direct path and the reflections of the first 50 ms
+# Noise augmentations (unseen noise at test time): a second noise at -10..0 dB below the first; a
+# spectral tilt of +-TILT_DB_PER_OCTAVE around 1 kHz; a slow random level envelope (control points
+# every 1/MOD_RATE_HZ seconds, +-MOD_DB); TRANSIENTS short decaying bursts of another noise file,
+# each TRANSIENT_DB above the noise's RMS.
+NOISE2_DB = (-10.0, 0.0)
+TILT_DB_PER_OCTAVE = 4.0
+MOD_RATE_HZ = (0.5, 4.0)
+MOD_DB = (3.0, 12.0)
+TRANSIENTS = (1, 4)
+TRANSIENT_S = (0.005, 0.1)
+TRANSIENT_DB = (0.0, 15.0)
 # [data] settings on-the-fly mixing reads (data/config.ini, [train] data_config, or --set data.KEY=...).
 MIX_DATA_KEYS = ("clean_train_path", "noise_train_path", "SNR_lower", "SNR_upper")
 
@@ -395,6 +429,45 @@ def reverberate(x: np.ndarray, h: np.ndarray, sr: int) -> tuple[np.ndarray, np.n
     return signal.fftconvolve(x, h)[: len(x)], signal.fftconvolve(x, early)[: len(x)]
 
 
+def spectral_tilt(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """With AUGMENT_PROBABILITY: gain slope * log2(f / 1 kHz) dB (f floored at 50 Hz), slope uniform in
+    +-TILT_DB_PER_OCTAVE, applied in the frequency domain of the whole segment."""
+    apply, slope = rng.random() < AUGMENT_PROBABILITY, rng.uniform(-TILT_DB_PER_OCTAVE, TILT_DB_PER_OCTAVE)
+    if not apply:
+        return x
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    gain = 10 ** (slope * np.log2(np.maximum(f, 50.0) / 1000.0) / 20)
+    return np.fft.irfft(np.fft.rfft(x) * gain, len(x)).astype(np.float32)
+
+
+def level_modulation(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """With AUGMENT_PROBABILITY: x times a slow random envelope, linear in dB between control points
+    MOD_RATE_HZ apart, each uniform in +-depth dB, depth uniform in MOD_DB."""
+    apply, rate, depth = rng.random() < AUGMENT_PROBABILITY, rng.uniform(*MOD_RATE_HZ), rng.uniform(*MOD_DB)
+    n_points = int(len(x) / sr * rate) + 2
+    points = rng.uniform(-depth, depth, n_points)
+    if not apply:
+        return x
+    t = np.arange(len(x)) / sr * rate
+    return (x * 10 ** (np.interp(t, np.arange(n_points), points) / 20)).astype(np.float32)
+
+
+def add_transients(noise: np.ndarray, pick, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """With AUGMENT_PROBABILITY: TRANSIENTS bursts cut from pick(rng) (another noise segment), each of
+    TRANSIENT_S with an exponential decay, TRANSIENT_DB above the noise's RMS, at random times."""
+    if rng.random() >= AUGMENT_PROBABILITY:
+        return noise
+    out, rms = noise.astype(np.float64), float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))) + 1e-9
+    source = pick(rng)
+    for _ in range(int(rng.integers(TRANSIENTS[0], TRANSIENTS[1] + 1))):
+        n = max(2, int(rng.uniform(*TRANSIENT_S) * sr))
+        at, src = int(rng.integers(0, len(noise) - n + 1)), int(rng.integers(0, len(source) - n + 1))
+        burst = source[src : src + n] * np.exp(-5.0 * np.arange(n) / n)
+        burst *= rms * 10 ** (rng.uniform(*TRANSIENT_DB) / 20) / (np.sqrt(np.mean(burst**2)) + 1e-12)
+        out[at : at + n] += burst
+    return out.astype(np.float32)
+
+
 class OnTheFlyMixer:
     """Training mixtures drawn at random from clean and noise sources held in memory.
 
@@ -405,6 +478,9 @@ class OnTheFlyMixer:
       * a clean segment of crop length from a uniformly drawn file and offset, redrawn until
         data_prep.active_fraction >= 0.5 (the most active of MAX_ATTEMPTS draws otherwise);
       * a noise segment likewise (a file shorter than the crop is looped), redrawn while silent;
+      * noise augmentations, each with AUGMENT_PROBABILITY and its own draws: noise2 adds a second
+        noise segment NOISE2_DB below the first; tilt (spectral_tilt), modulate (level_modulation),
+        transient (add_transients);
       * [augment] eq: random shelves on the speech and (drawn separately) on the noise; the target is
         the EQ'd speech. reverb: the speech convolved with room_impulse_response; the target is the
         direct path + early reflections (EARLY_S); each with AUGMENT_PROBABILITY;
@@ -479,11 +555,24 @@ class OnTheFlyMixer:
         from data import data_prep
 
         sr = self.sp.sample_rate
-        r_snr, r_clean, r_noise, r_level, r_eq, r_room = np.random.default_rng(
-            [self.seed, epoch, index]
-        ).spawn(6)
+        # spawn(n)'s first children do not depend on n: the streams added later leave older draws alone.
+        r_snr, r_clean, r_noise, r_level, r_eq, r_room, r_noise2, r_tilt, r_mod, r_trans = (
+            np.random.default_rng([self.seed, epoch, index]).spawn(10)
+        )
         speech = self._pick_clean(r_clean)
         noise = self._pick_noise(r_noise)
+        if "noise2" in self.augment and r_noise2.random() < AUGMENT_PROBABILITY:
+            other, rel_db = self._pick_noise(r_noise2), r_noise2.uniform(*NOISE2_DB)
+            scale = math.sqrt(
+                float(np.mean(noise.astype(np.float64) ** 2)) / (float(np.mean(other**2)) + 1e-12)
+            )
+            noise = (noise + other * np.float32(scale * 10 ** (rel_db / 20))).astype(np.float32)
+        if "tilt" in self.augment:
+            noise = spectral_tilt(noise, r_tilt, sr)
+        if "modulate" in self.augment:
+            noise = level_modulation(noise, r_mod, sr)
+        if "transient" in self.augment:
+            noise = add_transients(noise, self._pick_noise, r_trans, sr)
         snr = float(r_snr.uniform(*self.snr_range))
         level_db = float(r_level.uniform(*self.level_db))
         if "eq" in self.augment:
@@ -660,6 +749,20 @@ class Trainer:
         f = self.sp.n_bins
         spec = tf.TensorSpec([None, None, f], tf.complex64)
         self.infer = tf.function(self._infer, input_signature=[spec, spec], autograph=False)
+
+    def load_initial_weights(self, path: Path) -> None:
+        """[train] init_weights: the starting point of a new run (fine-tuning); the optimizer and the
+        step counter start afresh."""
+        if not path.is_file():
+            raise utils.PipelineError(f"{path}: [train] init_weights: file not found")
+        try:
+            self.model.load_weights(str(path))
+        except Exception as e:  # Keras raises ValueError / OSError for another model or a bad file
+            raise utils.PipelineError(
+                f"{path}: [train] init_weights: cannot load into this [model] "
+                f"({str(e).splitlines()[0][:160]})"
+            ) from e
+        log.info(f"initial weights: {path}")
 
     # -- the train step ------------------------------------------------------------------------
     def features(self, X):
@@ -1134,6 +1237,8 @@ class Run:
                 f"[train] batch_size={params.batch_size}: more than the {self.n_train} training examples"
             )
         self.trainer = Trainer(cfg, params, strategy)
+        if params.init_weights and not restoring:
+            self.trainer.load_initial_weights(Path(params.init_weights))
         # Non-chief workers take part in the collective save but write to a private folder.
         self.ckpt_dir = dirs.checkpoints if self.chief else dirs.checkpoints / f".worker_{os.getpid()}"
         self.manager = tf.train.CheckpointManager(self.trainer.checkpoint, str(self.ckpt_dir), max_to_keep=3)

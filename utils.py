@@ -27,6 +27,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 PATH_KEYS = {
     "paths": None,  # every key of [paths]
     "data": {"clean_train_path", "noise_train_path", "clean_test_path", "noise_test_path", "output_path"},
+    "train": {"init_weights"},
 }
 
 

@@ -762,3 +762,87 @@ def test_resume_refuses_changed_on_the_fly_settings(data_root, tmp_path, mix_sou
     dirs = train.RunDirs.from_config(cfg, "run")
     allowed = utils.load_config(tmp_path / "config.ini", ["train.epochs=4", "data.SNR_upper=15.0"])
     assert train.prepare_run(allowed, dirs, True, False) is True
+
+
+# ----------------------------------------------------------------------------- recipe options
+
+
+def test_noise_augmentations_keep_the_snr_and_change_no_other_draw(data_root, tmp_path, mix_sources):
+    base = make_mixer(otf_cfg(tmp_path / "base", data_root, mix_sources))
+    aug = make_mixer(
+        otf_cfg(tmp_path / "aug", data_root, mix_sources, augment="noise2,tilt,modulate,transient")
+    )
+    changed = 0
+    for i in range(16):
+        a, b = base.example(1, i), aug.example(1, i)
+        assert a.snr_db == b.snr_db and np.isfinite(b.noisy).all()
+        assert snr_db(b.clean, b.noise) == pytest.approx(b.snr_db, abs=0.01)  # SNR counts the whole noise
+        # the speech draw is untouched: the target is the same speech up to the mixing gains
+        assert abs(np.corrcoef(a.clean, b.clean)[0, 1]) > 0.999
+        changed += not np.allclose(
+            a.noise / (np.std(a.noise) + 1e-12), b.noise / (np.std(b.noise) + 1e-12), atol=1e-3
+        )
+    assert changed >= 12  # four augmentations at 0.5 each: all four skipped in about 1 of 16
+
+
+def test_spectral_tilt_level_modulation_and_transients():
+    rng_apply = next(s for s in range(100) if np.random.default_rng(s).random() < train.AUGMENT_PROBABILITY)
+    x = np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    y = train.spectral_tilt(x, np.random.default_rng(rng_apply), SR)
+    slope = np.random.default_rng(rng_apply)
+    slope.random()
+    slope = slope.uniform(-train.TILT_DB_PER_OCTAVE, train.TILT_DB_PER_OCTAVE)
+    f = np.fft.rfftfreq(SR, 1 / SR)
+    ratio = np.abs(np.fft.rfft(y)) / np.abs(np.fft.rfft(x))
+    assert 20 * np.log10(ratio[f == 4000][0] / ratio[f == 1000][0]) == pytest.approx(2 * slope, abs=0.01)
+    m = train.level_modulation(x, np.random.default_rng(rng_apply), SR)
+    gain_db = 20 * np.log10(np.abs(m) / np.maximum(np.abs(x), 1e-12) + 1e-12)
+    assert len(m) == len(x) and np.ptp(gain_db[np.abs(x) > 1e-3]) > 3  # the level moves by dB, slowly
+    assert np.max(np.abs(np.diff(gain_db[np.abs(x) > 0.1]))) < 0.5
+    quiet = 0.01 * x
+    t = train.add_transients(quiet, lambda r: x, np.random.default_rng(rng_apply), SR)
+    assert len(t) == len(quiet) and np.max(np.abs(t)) > 5 * np.max(np.abs(quiet))  # bursts above the floor
+    never = next(s for s in range(100) if np.random.default_rng(s).random() >= train.AUGMENT_PROBABILITY)
+    for fn in (train.spectral_tilt, train.level_modulation):
+        assert fn(x, np.random.default_rng(never), SR) is x
+
+
+def test_warm_up_and_cosine_decay(tmp_path):
+    sets = ["train.learning_rate=1e-3", "train.warmup_steps=100", "train.cosine_steps=1000"]
+    schedule = train.learning_rate_schedule(
+        train.TrainParams.from_config(utils.load_config(train.utils.DEFAULT_CONFIG, sets))
+    )
+    lr = {s: float(schedule(s)) for s in (0, 50, 100, 600, 1100, 5000)}
+    assert lr[0] == pytest.approx(0) and lr[50] == pytest.approx(5e-4) and lr[100] == pytest.approx(1e-3)
+    floor = train.COSINE_FLOOR * 1e-3
+    assert lr[600] == pytest.approx(floor + (1e-3 - floor) * 0.5, rel=1e-4)  # half way down the cosine
+    assert lr[1100] == pytest.approx(floor, rel=1e-4) and lr[5000] == pytest.approx(floor, rel=1e-4)
+    with pytest.raises(utils.PipelineError, match="choose one decay"):
+        train.TrainParams.from_config(
+            utils.load_config(
+                train.utils.DEFAULT_CONFIG, ["train.lr_halving_steps=10", "train.cosine_steps=10"]
+            )
+        )
+
+
+def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
+    import model as model_lib
+
+    source = make_trainer(make_cfg(tmp_path / "src", data_root, seed="7"))
+    model_lib.save_trained(source.model, source.cfg, tmp_path / "init")
+    cfg = make_cfg(
+        tmp_path / "run", data_root, init_weights=str(tmp_path / "init" / "model.weights.h5"), epochs="1"
+    )
+    params = train.TrainParams.from_config(cfg)
+    run = train.Run(cfg, params, train.RunDirs.from_config(cfg, "run"), train.make_strategy("default"),
+                    restoring=False, progress=False)  # fmt: skip
+    for a, b in zip(run.trainer.model.get_weights(), source.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert run.value("step") == 0  # a new run: the optimizer and counters start afresh
+    missing = make_cfg(tmp_path / "bad", data_root, init_weights=str(tmp_path / "nope.weights.h5"))
+    with pytest.raises(utils.PipelineError, match="nope.weights.h5: .*not found"):
+        train.train(missing, "bad", progress=False)
+    other = make_cfg(tmp_path / "other", data_root, init_weights=str(tmp_path / "init" / "model.weights.h5"))
+    other.set("model", "lstm_units", "24")
+    with pytest.raises(utils.PipelineError, match="cannot load into this"):
+        train.train(other, "other", progress=False)
