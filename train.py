@@ -15,9 +15,14 @@ training example is mixed inside tf.data from the clean_train_path and noise_tra
 data/config.ini (or [train] data_config; --set data.clean_train_path=DIR etc. override them), decoded
 once into memory: a random speech-active clean segment and a random noise segment of crop_seconds, an
 SNR uniform in [SNR_lower, SNR_upper] applied by data_prep.mix, a random level ([train] level_db_min ..
-level_db_max), and optional augmentations ([train] augment = eq,reverb). Example i of epoch e depends
+level_db_max), and optional augmentations ([train] augment = eq,reverb,noise2,tilt,modulate,transient:
+speech/noise colouring, rooms, and noise made less like the training recordings). Example i of epoch e depends
 only on (seed, e, i), so resume stays exact; [train] examples_per_epoch (0 = the cached count) sets the
 epoch length. Validation is unchanged. The run's config.ini records the sources and SNR range used.
+
+Fine-tuning: [train] init_weights = pretrained/model.weights.h5 starts a new run from those weights
+(fresh optimizer and step counter). Learning rate: constant, halving every lr_halving_steps, or a
+linear warm-up over warmup_steps then a cosine decay over cosine_steps.
 
 Outputs, for run NAME:
     <checkpoint_dir>/NAME/        ckpt-* (last 3, every checkpoint_steps steps and every epoch end),
@@ -36,8 +41,8 @@ SNR on a validation file (silent or non-finite output) counts as FAILED_DB (-50 
 Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint exactly
 (the update and the step counter change in one graph call). --resume refuses a change of [STFT],
 [features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, lr_halving_steps,
-clip_norm, validation_files, on_the_fly, examples_per_epoch, level_db_min, level_db_max, augment (and, on the
-fly, of the sources and SNR range).
+warmup_steps, cosine_steps, init_weights, clip_norm, validation_files, on_the_fly, examples_per_epoch,
+level_db_min, level_db_max, augment (and, on the fly, of the sources and SNR range).
 """
 
 from __future__ import annotations
