@@ -38,6 +38,7 @@ SYSTEMS = {
     "noisereduce": ("spectral gating", "C1"),
 }
 FLOOR_DB = 80.0  # spectrogram dynamic range shown
+MASK_SCALE = 1.0  # mask colours span +-1 (the bound is 2, but almost all values lie within +-1)
 
 
 def _save(fig, path: Path) -> None:
@@ -135,12 +136,18 @@ def examples(model_dir: Path, data: Path, out: Path, n: int) -> None:
             axes[k, j].imshow(db, origin="lower", aspect="auto", extent=extent, cmap="magma",
                               vmin=ref - FLOOR_DB, vmax=ref)  # fmt: skip
             axes[k, j].set_title(f"{title} (input {float(row['snr_db']):g} dB)", fontsize=9)
-        bound = cfg.getfloat("model", "mask_bound", fallback=2.0)
-        for j, (title, part) in enumerate((("mask, real part", M.real), ("mask, imaginary part", M.imag)), 3):
+        # The imaginary part is small (the phase correction of a mask of mostly real gain): its own
+        # scale, the 99.9th percentile of |imag|, named in the title.
+        imag_scale = max(float(np.quantile(np.abs(M.imag), 0.999)), 1e-3)
+        parts = (
+            ("mask, real part", M.real, MASK_SCALE),
+            (f"mask, imaginary part (±{imag_scale:.2g})", M.imag, imag_scale),
+        )
+        for j, (title, part, scale) in enumerate(parts, 3):
             im = axes[k, j].imshow(part.T, origin="lower", aspect="auto", extent=extent, cmap="RdBu_r",
-                                   vmin=-bound, vmax=bound)  # fmt: skip
+                                   vmin=-scale, vmax=scale)  # fmt: skip
             axes[k, j].set_title(title, fontsize=9)
-        fig.colorbar(im, ax=axes[k, 4], fraction=0.05)
+            fig.colorbar(im, ax=axes[k, j], fraction=0.05)
         for ax in axes[k]:
             ax.set(xlabel="s", ylabel="kHz")
     fig.tight_layout()
