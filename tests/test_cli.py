@@ -18,6 +18,8 @@ SCRIPTS = [
     "export.py",
     "demo.py",
     "study_lookahead.py",
+    "study_recipe.py",
+    "figures.py",
 ]
 
 
