@@ -11,6 +11,8 @@
                          model's complex mask
   quality_vs_snr.png     SI-SDR and PESQ against input SNR: noisy input, the model and every
                          system in <eval>/results.csv (run evaluate.py with --baselines first)
+  noise_kinds.md         mean SI-SDR and PESQ per noise kind (the noise recording's name without
+                         its piece number) and system, over the files train.py did not validate on
 
 --eval is an evaluate.py output folder of the same model on the test mixtures of --data (a
 data_prep output folder); README's "The shipped model against the baselines" gives the commands.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -93,6 +96,41 @@ def quality_vs_snr(results: list[dict], out: Path) -> None:
     axes[0].legend(fontsize=8)
     _save(fig, out)
     plt.close(fig)
+
+
+def noise_kind(source: str) -> str:
+    """berlinnoise_traffic_9a12b4b8_02.flac -> berlinnoise_traffic: the name without the piece number
+    and the recording's hash."""
+    parts = Path(source).stem.split("_")
+    while len(parts) > 1 and (parts[-1].isdigit() or re.fullmatch(r"[0-9a-f]{8}", parts[-1])):
+        parts.pop()
+    return "_".join(parts)
+
+
+def noise_kinds_table(results: list[dict], data: Path, exclude: set[int]) -> str:
+    with open(data / "manifest_testing.csv", newline="") as f:
+        kind = {int(r["index"]): noise_kind(r["noise_source"]) for r in csv.DictReader(f)}
+    systems = [s for s in SYSTEMS if any(r["system"] == s for r in results)]
+    kinds = sorted(set(kind.values()))
+    lines = ["| noise kind | files | " + " | ".join(f"{SYSTEMS[s][0]} SI-SDR / PESQ" for s in systems) + " |",
+             "|---|---|" + "---|" * len(systems)]  # fmt: skip
+    for k in kinds:
+        cells = []
+        for s in systems:
+            rows = [r for r in results if r["system"] == s and int(r["index"]) not in exclude
+                    and kind.get(int(r["index"])) == k]  # fmt: skip
+            cells.append(" / ".join(f"{np.nanmean([float(r[m]) for r in rows]):.{d}f}"
+                                    for m, d in (("si_sdr", 2), ("pesq", 2))))  # fmt: skip
+        n = sum(1 for i, v in kind.items() if v == k and i not in exclude)
+        lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def validation_indices(model_dir: Path) -> set[int]:
+    meta = model_dir / "metrics.json"
+    return (
+        set(json.loads(meta.read_text()).get("validation_manifest_indices", [])) if meta.is_file() else set()
+    )
 
 
 def pick_examples(data: Path, exclude: set[int], n: int) -> list[dict]:
@@ -175,7 +213,13 @@ def main(argv=None) -> int:
     training_curves(args.model / "history.jsonl", args.out / "training_curves.png")
     quality_vs_snr(read_results(args.eval / "results.csv"), args.out / "quality_vs_snr.png")
     examples(args.model, args.data, args.out / "examples.png", args.examples)
-    for name in ("training_curves.png", "examples.png", "quality_vs_snr.png"):
+    table = noise_kinds_table(
+        read_results(args.eval / "results.csv"), args.data, validation_indices(args.model)
+    )
+    with utils.atomic_write(args.out / "noise_kinds.md", "w") as f:
+        f.write(table)
+    print(table)
+    for name in ("training_curves.png", "examples.png", "quality_vs_snr.png", "noise_kinds.md"):
         print(args.out / name)
     return 0
 
