@@ -17,9 +17,9 @@ def test_noise_kinds_table_means_per_kind_without_validation_files(tmp_path):
         w.writeheader()
         for i, src in enumerate(["a_x_01.flac", "a_x_02.flac", "b_y_01.flac", "b_y_02.flac"], 1):
             w.writerow({"index": i, "noise_source": src})
-    results = [{"index": str(i), "system": s, "si_sdr": str(v), "pesq": "1.5"}
-               for i, s, v in [(1, "model", 100.0), (2, "model", 4.0), (3, "model", 1.0), (4, "model", 3.0),
-                               (1, "noisy", 0.0), (2, "noisy", 0.0), (3, "noisy", 0.0), (4, "noisy", 0.0)]]  # fmt: skip
+    model = {1: 100.0, 2: 4.0, 3: 1.0, 4: 3.0}
+    results = [{"index": str(i), "system": s, "si_sdr": str(model[i] if s == "model" else 0.0), "pesq": "1.5"}
+               for i in model for s in ("model", "noisy")]  # fmt: skip
     table = figures.noise_kinds_table(results, tmp_path, exclude={1})
     assert "| a_x | 1 | 0.00 / 1.50 | 4.00 / 1.50 |" in table  # file 1 (validation) left out
     assert "| b_y | 2 | 0.00 / 1.50 | 2.00 / 1.50 |" in table
