@@ -337,7 +337,8 @@ def render(summary: dict, rows, examples, media: dict, plots: Iterable[str], lin
                 "Paired improvement over the noisy input: mean [95% CI]", "improvement",
             )
         )  # fmt: skip
-    if held := summary.get("excluding_validation_files"):
+    held = summary.get("excluding_validation_files")
+    if held and held.get("n_files"):
         sections.append(
             summary_table(
                 held["results"], metric_names,
