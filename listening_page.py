@@ -280,8 +280,8 @@ th,td{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}
 th{background:#f2f2f2;cursor:pointer;user-select:none}th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.ci{color:#777;font-size:.85em}
 tr.media>td{background:#fafafa}.figs{display:flex;flex-wrap:wrap;gap:.8em}
-figure{margin:.3em 0}figcaption{font-weight:600}figure img{display:block;width:240px;height:128px}
-figure audio{width:240px}figure.missing p{width:240px;color:#a00}
+figure{margin:.3em 0}figcaption{font-weight:600}figure img{display:block;width:200px;height:110px}
+figure audio{width:200px}figure.missing p{width:200px;color:#a00}
 table.detail{font-size:.85em}table.detail th{cursor:default}td.fail{color:#a00;max-width:30em}
 .plots img{width:330px;margin:.3em}.name{color:#555;font-size:.85em}.note{color:#555;font-size:.9em}
 """
@@ -393,7 +393,9 @@ def write_page(
     systems = summary["systems"]
     chosen = choose_examples(rows, systems, summary["metrics"], per_snr)
     failures = {(r["index"], r["system"]): r.get("failures", "") for r in rows}
-    listened = ["noisy", *(s for s in systems if s != "noisy" and not s.startswith("oracle_")), "clean"]
+    # Players: input, model, reference, then each baseline (the oracles get numbers only).
+    baselines = [s for s in systems if s not in ("noisy", "model") and not s.startswith("oracle_")]
+    listened = ["noisy", *(["model"] if "model" in systems else []), "clean", *baselines]
     assets, media = out_dir / ASSET_DIR, {}
     written = set()
     for index, audio in audio_for([i for i, _, _ in chosen]):
