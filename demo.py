@@ -1,4 +1,5 @@
 """Runs the whole pipeline end to end: data prep -> STFT cache -> train -> evaluate -> enhance.
+Prints at the end where to look, first the listening page (results/<run>/index.html).
 
 `make demo` calls this. It runs each stage as the command a user would type (printed before it
 runs), with a small configuration so it finishes in minutes on 2 CPU cores. Audio comes from,
@@ -134,6 +135,9 @@ def main(argv=None) -> int:
     print(f"\nDemo finished in {minutes:.1f} min. Where to look:")
     print(f"  TensorBoard:     tensorboard --logdir {workdir / 'logs' / 'gradient_tape'}  (make tensorboard)")
     print(f"  enhanced audio:  {enhanced}/*.wav  and, per epoch, {enhanced / args.run_name}/epoch_*/")
+    print(
+        f"  listening page:  {(results / 'index.html').as_uri()}  (open in a browser: hear and see the model)"
+    )
     print(f"  results table:   {results / 'snr_table.md'}  and  {results / 'summary.json'}")
     print(f"  model:           {model_dir}")
     return 0

@@ -28,6 +28,8 @@ Outputs (each written atomically) in --out (default <results_dir>/<run name>):
   snr_table.md  mean of each metric per input SNR and system (also printed)
   <metric>_vs_input_snr.png  each metric against input SNR, one line per system
   config.ini    the resolved config (model_config.ini: the model's own training config)
+  index.html    the listening page (listening_page.py): summary, plots, and players and spectrograms
+                of noisy / model / clean / baselines for a few files per input SNR (--page-examples)
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+import listening_page
 import metrics
 import STFT
 import utils
@@ -365,6 +368,26 @@ def _model_outputs(loaded, tasks, sr, p, batch_size):
         yield from flush(batch)
 
 
+def page_audio(tasks, loaded, p: STFT.StftParams, baselines, batch_size: int = 8):
+    """Yields (index, {system: waveform}) for the listening page: the clean and noisy input, the
+    model's output and each baseline's, recomputed for these few files the way score_task had them."""
+    sr = p.sample_rate
+    outputs = _model_outputs(loaded, tasks, sr, p, batch_size) if loaded else ((t, None, None) for t in tasks)
+    for task, est, _ in outputs:
+        try:
+            clean, noisy, _ = _read_pair(task, sr)
+        except utils.PipelineError:  # its reason is in results.csv; the page says "no audio"
+            yield task["index"], {}
+            continue
+        audio = {"noisy": noisy, "clean": clean}
+        if est is not None:
+            audio["model"] = est[: len(noisy)]
+        for name in baselines:
+            with contextlib.suppress(Exception):  # a failure is already recorded in results.csv
+                audio[name] = run_baseline(name, noisy, sr)
+        yield task["index"], audio
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -547,11 +570,13 @@ def evaluate(
     oracles=True,
     baselines=(),
     progress: bool = True,
+    page_examples: int | str | None = 3,
 ) -> dict:
     """Scores the test split and writes results.csv, summary.json, snr_table.md, plots and config.
 
     model_dir None scores only noisy / oracles / baselines. oracles: True = [evaluate] oracles, False
     or () = none, or a list of names. Baselines that are not installed are reported and skipped.
+    page_examples: files per input SNR with players on index.html; None or "all" = every file.
     Returns the summary dict (also written to summary.json).
     """
     from tqdm import tqdm
@@ -585,8 +610,9 @@ def evaluate(
         "with_model": model_dir is not None,
         "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=math.inf),
     }
+    batch = cfg.getint("evaluate", "batch_size", fallback=8)
+    loaded = None
     if model_dir is not None:
-        batch = cfg.getint("evaluate", "batch_size", fallback=8)
         loaded = _load_model(model_dir)  # before the workers start: a bad model fails fast
         inputs = _model_outputs(loaded, tasks, p.sample_rate, p, batch)
     else:
@@ -652,7 +678,7 @@ def evaluate(
     table = snr_table(rows, names, systems)
     with utils.atomic_write(out_dir / "snr_table.md", "w") as f:
         f.write(table)
-    plot_metrics(rows, names, systems, out_dir)
+    plots = plot_metrics(rows, names, systems, out_dir)
     resolved = configparser.ConfigParser(interpolation=None)
     resolved.optionxform = str
     resolved.read_dict(utils.config_to_dict(cfg))
@@ -663,6 +689,14 @@ def evaluate(
     utils.save_config(resolved, out_dir / "config.ini")
     if model_dir is not None:
         utils.save_config(mcfg, out_dir / "model_config.ini")
+
+    def audio_for(indices):
+        wanted = set(indices)
+        return page_audio([t for t in tasks if t["index"] in wanted], loaded, p, baseline_list, batch)
+
+    listening_page.write_page(
+        out_dir, summary, rows, audio_for, p, page_examples, [path.name for path in plots]
+    )
     with utils.atomic_write(out_dir / "summary.json", "w") as f:  # last: marks a complete run
         json.dump(_json_safe(summary), f, indent=2)
     summary["snr_table"] = table
@@ -690,6 +724,13 @@ def main(argv=None) -> int:
         "--baselines", default="", help=f"comma list of baselines to add: {','.join(BASELINES)} (make peers)"
     )
     parser.add_argument("--no-oracles", action="store_true", help="skip the oracle masks")
+    parser.add_argument(
+        "--page-examples",
+        default="3",
+        metavar="N|all",
+        help="files per input SNR with players on index.html, spread from best to worst model "
+        "improvement (default 3: best, median, worst); all = every file",
+    )
     args = parser.parse_args(argv)
     cfg = utils.config_from_args(args)
     model_dir, name = resolve_model_dir(cfg, args.model, args.run)
@@ -702,9 +743,11 @@ def main(argv=None) -> int:
             )
     if args.limit is not None and args.limit < 1:
         raise utils.PipelineError(f"--limit {args.limit}: must be >= 1")
+    page_examples = listening_page.parse_examples(args.page_examples)  # a typo fails before scoring
     summary = evaluate(
-        cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines
-    )
+        cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines,
+        page_examples=page_examples,
+    )  # fmt: skip
     print(summary["snr_table"])
     print(f"Summary ({summary['n_files']} files; mean ± 95% CI half-width):\n")
     print(summary_table(summary))
@@ -713,6 +756,7 @@ def main(argv=None) -> int:
               f"them); without them ({held['n_files']} files):\n")  # fmt: skip
         print(summary_table(held))
     print(f"Results in {out_dir}")
+    print(f"Listening page: {out_dir / listening_page.PAGE}")
     return 0
 
 

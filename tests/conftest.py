@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import sys
@@ -100,6 +101,29 @@ def write_config(tmp_path: Path, overrides: dict | None = None) -> Path:
     with open(path, "w") as f:
         cfg.write(f)
     return path
+
+
+def make_test_set(root: Path, snrs=(-5, 5, 15), seconds: float = 1.5) -> Path:
+    """Writes tiny mixtures in data_prep's layout (noisy == clean + noise) and manifest_testing.csv."""
+    rows = []
+    for i, snr in enumerate(snrs):
+        clean = speech_like(seconds, seed=10 + i)
+        noise = noise_like(seconds, seed=20 + i)
+        noise = noise * np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr / 10))
+        names = {
+            "clean": f"CleanSpeech_testing/clnsp{i}.wav",
+            "noise": f"Noise_testing/noisy{i}_SNRdb_{snr:g}.wav",
+            "noisy": f"NoisySpeech_testing/noisy{i}_SNRdb_{snr:g}_clnsp{i}.wav",
+        }
+        for key, signal in (("clean", clean), ("noise", noise), ("noisy", clean + noise)):
+            (root / names[key]).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / names[key], signal.astype(np.float32), SR, subtype="FLOAT")
+        rows.append({"index": i, **names, "snr_db": snr})
+    with open(root / "manifest_testing.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["index", "noisy", "clean", "noise", "snr_db"])
+        w.writeheader()
+        w.writerows(rows)
+    return root / "manifest_testing.csv"
 
 
 @pytest.fixture

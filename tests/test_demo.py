@@ -23,3 +23,6 @@ def test_demo_quick_end_to_end(tmp_path):
     assert list((tmp_path / "enhanced" / "demo").glob("epoch_*/*.wav"))
     assert (tmp_path / "results" / "demo" / "summary.json").is_file()
     assert "Where to look" in out.stdout
+    page = tmp_path / "results" / "demo" / "index.html"
+    assert page.is_file() and f"listening page:  {page.as_uri()}" in out.stdout
+    assert list((tmp_path / "results" / "demo" / "listen").glob("*_model.wav"))
