@@ -58,6 +58,7 @@ RECIPES = {
         "base with 200 warm-up steps and a cosine decay instead of halving every 1000",
         ("train.lr_halving_steps=0", "train.warmup_steps=200", "train.cosine_steps={steps}"),
     ),  # fmt: skip
+    "snr-10": ("base with SNR -10..15 dB", ("data.SNR_lower=-10",)),
     "noiseaug_snr-10": ("noiseaug with SNR -10..15 dB", (NOISE_AUG, "data.SNR_lower=-10")),
     "noiseaug_lr1e-3": ("noiseaug at learning rate 1e-3", (NOISE_AUG, "train.learning_rate=1e-3")),
     "noiseaug_lam0.3": ("noiseaug with loss weight lam 0.3 (complex term)", (NOISE_AUG, "loss.lam=0.3")),
