@@ -48,7 +48,9 @@ BASE_SETS = (
 )
 NOISE_AUG = "train.augment=eq,reverb,noise2,tilt,modulate,transient"
 # name -> (what it tests, its settings on top of BASE_SETS)
+START = "start"  # the shipped model itself, untouched: the point every recipe starts from
 RECIPES = {
+    START: ("pretrained/ as shipped (0 fine-tuning steps)", ()),
     "base": ("shipped recipe (eq, reverb; SNR -5..15 dB), all 294 noise pieces", ()),
     "noiseaug": (
         "+ noise augmentation: second noise, spectral tilt, level modulation, transients",
@@ -113,11 +115,11 @@ def train_command(recipe: str, name: str, seed: int, steps: int, corpus: Path, o
 
 
 def train_and_evaluate(recipe: str, name: str, seed: int, steps: int, corpus: Path, out: Path) -> None:
-    best, ev = out / "cp" / name / "best", out / "eval" / name
+    best, ev = best_dir(recipe, name, out), out / "eval" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = best / "metrics.json"
-    trained = done.is_file() and _steps_done(out / "cp" / name) >= steps
+    trained = recipe == START or (done.is_file() and _steps_done(out / "cp" / name) >= steps)
     if not trained:
         with open(log, "a") as f:
             subprocess.run(train_command(recipe, name, seed, steps, corpus, out), cwd=ROOT, check=True,
@@ -130,6 +132,10 @@ def train_and_evaluate(recipe: str, name: str, seed: int, steps: int, corpus: Pa
         subprocess.run([python(), "evaluate.py", "--model", str(best), "--out", str(ev), "--no-oracles",
                         "--set", f"paths.data_dir={work}/data", "--set", f"paths.stft_dir={work}"],
                        cwd=ROOT, check=True, stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def best_dir(recipe: str, name: str, out: Path) -> Path:
+    return ROOT / "pretrained" if recipe == START else out / "cp" / name / "best"
 
 
 def _steps_done(run: Path) -> int:
@@ -163,7 +169,7 @@ def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dic
     reference run, SI-SDR at -5 and 0 dB input."""
     scores, val = {}, {}
     for name in names:
-        ev, best = out / "eval" / name, out / "cp" / name / "best"
+        ev, best = out / "eval" / name, best_dir(names[name][0], name, out)
         if not (ev / "results.csv").is_file():
             continue
         scores[name] = read_scores(ev)
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise utils.PipelineError(f"--seeds {args.seeds!r}: expected integers") from e
     corpus, out = args.corpus.resolve(), args.out.resolve()
-    names = {run_name(r, s, seeds[0]): (r, s) for s in seeds for r in recipes}
+    names = {run_name(r, s, seeds[0]): (r, s) for s in seeds for r in recipes if r != START or s == seeds[0]}
     if not args.compare_only:
         if not (corpus / "clean_train").is_dir():
             raise utils.PipelineError(f"{corpus}: no clean_train/ (give --corpus)")
