@@ -857,6 +857,7 @@ def main(argv=None) -> int:
     )
     utils.add_config_args(parser)
     args = parser.parse_args(argv)
+    utils.refuse_model_overrides(args.overrides, "enhance.py")
     cfg = utils.config_from_args(args)
     chunk_seconds = cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
     if not chunk_seconds > 0:

@@ -691,6 +691,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-oracles", action="store_true", help="skip the oracle masks")
     args = parser.parse_args(argv)
+    utils.refuse_model_overrides(args.overrides, "evaluate.py")
     cfg = utils.config_from_args(args)
     model_dir, name = resolve_model_dir(cfg, args.model, args.run)
     out_dir = args.out.resolve() if args.out else utils.get_path(cfg, "results_dir") / name

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
+import difflib
 import logging
+import math
 import os
 import random
 import sys
@@ -81,16 +83,16 @@ def load_config(
         cfg.read(path)
     except configparser.Error as e:
         raise PipelineError(f"{path}: cannot parse config ({e.__class__.__name__})") from e
+    check_config(cfg, str(path))
     base = path.resolve().parent
     for section in cfg.sections():
         for key, value in cfg.items(section):
             if _is_path_key(section, key) and value.strip():
                 cfg.set(section, key, str((base / value.strip()).resolve()))
     for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise PipelineError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        name, value = item.split("=", 1)
-        section, key = name.split(".", 1)
+        section, key, value = split_override(item)
+        check_key(section, key, f"--set {item}", record_ok=False)
+        parse_value(section, key, value, f"--set {item}")
         if not cfg.has_section(section):
             cfg.add_section(section)
         if _is_path_key(section, key) and value.strip():
@@ -98,6 +100,31 @@ def load_config(
         cfg.set(section, key, value)
     cfg.source = str(path.resolve())  # type: ignore[attr-defined]
     return cfg
+
+
+def split_override(item: str) -> tuple[str, str, str]:
+    """(section, key, value) of a --set SECTION.KEY=VALUE."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise PipelineError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+    name, value = item.split("=", 1)
+    section, key = name.split(".", 1)
+    return section.strip(), key.strip(), value
+
+
+# Sections a trained model carries in its folder's config.ini: fixed by the weights.
+MODEL_SECTIONS = ("STFT", "features", "model", "loss")
+
+
+def refuse_model_overrides(overrides, script: str) -> None:
+    """enhance.py / evaluate.py / export.py take MODEL_SECTIONS from the model folder: a --set of one
+    of them cannot apply, so it is an error rather than silently dropped."""
+    for item in overrides:
+        section = split_override(item)[0]
+        if section in MODEL_SECTIONS:
+            raise PipelineError(
+                f"--set {item}: {script} takes [{section}] from the model folder's config.ini (what its "
+                "weights were trained with), so this cannot apply; train another model to change it"
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> configparser.ConfigParser:
@@ -135,6 +162,127 @@ def save_config(cfg: configparser.ConfigParser, path: Path | str) -> None:
 
 def config_to_dict(cfg: configparser.ConfigParser) -> dict:
     return {s: dict(cfg.items(s)) for s in cfg.sections()}
+
+
+# ----------------------------------------------------------------------------- config schema
+#
+# The valid sections and keys are those of config.ini and data/config.ini themselves (a key added
+# there is valid everywhere at once); each key's type is read off its default value. Only what a
+# default cannot say is listed here: numbers whose default happens to be whole, lower bounds, and
+# the keys the scripts write into the configs they save as a record (never set by a user).
+
+FLOAT_KEYS = {
+    ("data", "file_length"), ("data", "SNR_lower"), ("data", "SNR_upper"),
+    ("train", "level_db_min"), ("train", "level_db_max"), ("enhance", "chunk_seconds"),
+}  # fmt: skip
+# (section, key) -> (lowest value, whether the lowest value itself is allowed)
+LOWER_BOUNDS = {
+    **{("STFT", k): (0, False) for k in ("sample_rate", "window_length", "hop_size", "n_fft")},
+    ("features", "compression"): (0, False),
+    ("loss", "power"): (0, False), ("loss", "lam"): (0, True), ("loss", "epsilon"): (0, False),
+    ("model", "lookahead_frames"): (0, True), ("model", "mask_bound"): (0, False),
+    ("train", "clip_norm"): (0, False), ("train", "validation_files"): (1, True),
+    ("train", "audio_examples"): (0, True), ("train", "crop_seconds"): (0, False),
+    ("evaluate", "workers"): (0, True), ("evaluate", "batch_size"): (1, True),
+    ("enhance", "chunk_seconds"): (0, False),
+    ("data", "sample_rate"): (0, False), ("data", "file_length"): (0, False),
+    ("data", "total_training_files"): (0, True), ("data", "total_testing_files"): (0, True),
+    ("data", "total_snrlevels"): (1, True), ("data", "workers"): (0, True),
+}  # fmt: skip
+# Written by evaluate.py (results/<run>/config.ini) and enhance.py (enhance_config.ini) to record a run.
+RECORD_KEYS = {"evaluate": {"model_dir", "limit"}, "enhance": {"model", "streaming", "channels"}}
+_BOOLEANS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
+             "off": False}  # fmt: skip
+KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _kind_of(section: str, key: str, default: str) -> str:
+    text = default.strip().lower()
+    if (section, key) in FLOAT_KEYS:
+        return "float"
+    if text in ("true", "false", "yes", "no", "on", "off"):
+        return "bool"
+    try:
+        return "int" if float(text).is_integer() and "." not in text and "e" not in text else "float"
+    except ValueError:
+        return "str"
+
+
+_SCHEMA: dict[str, dict[str, str]] = {}
+
+
+def config_schema() -> dict[str, dict[str, str]]:
+    """section -> key -> kind ("int", "float", "bool", "str") of every valid key."""
+    if not _SCHEMA:
+        for path in (DEFAULT_CONFIG, DATA_CONFIG):
+            raw = configparser.ConfigParser(interpolation=None)
+            raw.optionxform = str
+            raw.read(path)
+            for section in raw.sections():
+                keys = _SCHEMA.setdefault(section, {})
+                for key, default in raw.items(section):
+                    keys[key] = _kind_of(section, key, default)
+    return _SCHEMA
+
+
+def _closest(name: str, options) -> str:
+    """' (did you mean X?)' for the closest of options, or '' when nothing is close."""
+    options = list(options)
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if not match:  # case slips (snr_lower) are common: compare case-folded too
+        folded = {o.lower(): o for o in options}
+        match = [folded[m] for m in difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.6)]
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def check_key(section: str, key: str, where: str, record_ok: bool = True) -> None:
+    """PipelineError unless section.key is a key of the schema; names the closest valid one."""
+    schema = config_schema()
+    if section not in schema:
+        hint = _closest(f"[{section}]", [f"[{s}]" for s in schema])
+        raise PipelineError(f"{where}: unknown section [{section}]{hint}")
+    if key in schema[section] or record_ok and key in RECORD_KEYS.get(section, ()):
+        return
+    elsewhere = [f"{s}.{key}" for s in schema if key in schema[s]]
+    hint = (
+        f" (did you mean {elsewhere[0]}?)"
+        if elsewhere
+        else _closest(f"{section}.{key}", [f"{section}.{k}" for k in schema[section]])
+    )
+    raise PipelineError(f"{where}: unknown key {section}.{key}{hint}")
+
+
+def parse_value(section: str, key: str, raw: str, where: str):
+    """The value of section.key as its schema type, range-checked; else a PipelineError starting with
+    `where` (which names the file or --set, the key and the value)."""
+    kind = config_schema().get(section, {}).get(key, "str")
+    text = str(raw).strip()
+    bad = f"{where}: expected {KIND_NAMES[kind]}"
+    if kind == "str":
+        return text
+    if kind == "bool":
+        if text.lower() not in _BOOLEANS:
+            raise PipelineError(bad)
+        return _BOOLEANS[text.lower()]
+    try:
+        value = float(text)
+    except ValueError:
+        raise PipelineError(bad) from None
+    if not math.isfinite(value) or kind == "int" and not value.is_integer():
+        raise PipelineError(bad)
+    value = int(value) if kind == "int" else value
+    low = LOWER_BOUNDS.get((section, key))
+    if low is not None and (value < low[0] or value == low[0] and not low[1]):
+        raise PipelineError(f"{where}: must be {'>=' if low[1] else '>'} {low[0]}")
+    return value
+
+
+def check_config(cfg: configparser.ConfigParser, where: str) -> None:
+    """Every section and key known and every value of its type and range (see config_schema)."""
+    for section in cfg.sections():
+        for key, value in cfg.items(section):
+            check_key(section, key, where)
+            parse_value(section, key, value, f"{where}: [{section}] {key}={value.strip()!r}")
 
 
 # ----------------------------------------------------------------------------- files
