@@ -765,6 +765,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     cfg = utils.config_from_args(args)
     for split in SPLITS if args.split == "both" else (args.split,):
         build_cache(cfg, split, workers=args.workers, force=args.force)

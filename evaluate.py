@@ -221,14 +221,21 @@ def _init_worker(settings: dict) -> None:
 
 
 def _read_pair(task: dict, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    clean, _ = utils.read_audio(task["clean"], sr)
+    """(clean, noisy, noise) at sr; AudioError for what STFT.py refuses too (unreadable, empty, NaN,
+    silent, or a clean / noise file whose length differs from its noisy file's)."""
     noisy, _ = utils.read_audio(task["noisy"], sr)
-    n = min(len(clean), len(noisy))
-    clean, noisy = clean[:n], noisy[:n]
-    noise = None
-    if task.get("noise") and Path(task["noise"]).is_file():
-        noise, _ = utils.read_audio(task["noise"], sr)
-        noise = noise[:n] if len(noise) >= n else None
+    clean, _ = utils.read_audio(task["clean"], sr)
+    partners = {"clean": clean}
+    if task.get("noise"):
+        partners["noise"] = utils.read_audio(task["noise"], sr)[0]
+    for name, x in partners.items():
+        if len(x) != len(noisy):
+            raise utils.AudioError(
+                task[name],
+                f"{len(x)} samples, but its noisy file {task['noisy_rel']} has {len(noisy)} "
+                "(a pair must be equally long)",
+            )
+    noise = partners.get("noise")
     if noise is None:  # noisy == clean + noise exactly (data_prep), so this is the same signal
         noise = noisy - clean
     return clean, noisy, noise
@@ -247,8 +254,8 @@ def score_task(task: dict) -> list[dict]:
     systems += [f"oracle_{k}" for k in s["oracles"]] + list(s["baselines"])
     try:
         clean, noisy, noise = _read_pair(task, sr)
-    except utils.PipelineError as e:
-        return [failed(system, f"input: {e}") for system in systems]
+    except utils.PipelineError as e:  # not scored at all: reported and counted by evaluate()
+        return [{**base, "dropped": str(e)}]
     rows = []
     oracles = {}
     if s["oracles"]:  # the three spectra once for all oracles
@@ -563,7 +570,8 @@ def evaluate(
         if not (model_dir / "config.ini").is_file():
             raise utils.PipelineError(f"{model_dir}: no trained model here (config.ini missing; train first)")
         mcfg = utils.load_config(model_dir / "config.ini")  # the transform the model was trained with
-    tasks = read_manifest(utils.get_path(cfg, "data_dir") / "manifest_testing.csv", limit)
+    manifest = utils.get_path(cfg, "data_dir") / "manifest_testing.csv"
+    tasks = read_manifest(manifest, limit)
     p = STFT.StftParams.from_config(mcfg)
     metric_list, oracle_list = _metric_list(cfg), _oracle_list(cfg, oracles)
     skipped = {}
@@ -619,12 +627,22 @@ def evaluate(
     bar.close()
     # Order by manifest position then system, so nothing depends on the number of workers.
     position = {t["index"]: i for i, t in enumerate(tasks)}
+    dropped = sorted((r for r in rows if "dropped" in r), key=lambda r: position[r["index"]])
+    rows = [r for r in rows if "dropped" not in r]
     rows.sort(key=lambda r: (position[r["index"]], systems.index(r["system"])))
+    for r in dropped:
+        print(f"dropped: {r['dropped']}", file=sys.stderr)
+    if not rows:
+        raise utils.PipelineError(
+            f"{manifest}: none of its {len(tasks)} test files could be scored (see above)"
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(out_dir / "results.csv", rows, names)
     summary = {
-        "n_files": len(tasks),
+        "n_files": len(tasks) - len(dropped),
+        "n_dropped": len(dropped),
+        "dropped": [{"noisy_file": r["noisy_file"], "reason": r["dropped"]} for r in dropped],
         "model_dir": str(model_dir) if model_dir is not None else None,
         "systems": systems,
         "metrics": names,
@@ -701,13 +719,16 @@ def main(argv=None) -> int:
             raise utils.PipelineError(
                 f"--baselines {b}: unknown baseline; choose from {', '.join(BASELINES)}"
             )
+    if args.workers is not None and args.workers < 0:
+        raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     if args.limit is not None and args.limit < 1:
         raise utils.PipelineError(f"--limit {args.limit}: must be >= 1")
     summary = evaluate(
         cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines
     )
     print(summary["snr_table"])
-    print(f"Summary ({summary['n_files']} files; mean ± 95% CI half-width):\n")
+    dropped = f", {summary['n_dropped']} dropped (see above)" if summary["n_dropped"] else ""
+    print(f"Summary ({summary['n_files']} files{dropped}; mean ± 95% CI half-width):\n")
     print(summary_table(summary))
     if held := summary.get("excluding_validation_files"):
         print(f"{held['n_excluded']} of these files were train.py's validation files (best epoch picked on "
