@@ -506,16 +506,59 @@ def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> 
 # ----------------------------------------------------------------------------- evaluate
 
 
-def validation_indices(model_dir: Path | None) -> set[int]:
-    """Manifest indices of the test files train.py validated on (model folder's metrics.json)."""
+def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[dict]) -> set[int]:
+    """Manifest indices (of `tasks`) of the test files train.py validated on, by identity.
+
+    best/metrics.json's "validation_files" (train.py since issue 17) names them by noisy file name
+    and sha256 and the manifest's sha256: a file is excluded only when `manifest` is that manifest and
+    the file is that file. An older
+    metrics.json has only indices: trusted only when `manifest` is the one the model's config.ini
+    names ([paths] data_dir). Otherwise nothing is excluded and one line on stderr says why.
+    """
     path = model_dir / "metrics.json" if model_dir is not None else None
     if path is None or not path.is_file():
         return set()
     try:
-        return {int(i) for i in json.loads(path.read_text()).get("validation_manifest_indices", [])}
-    except (ValueError, TypeError, AttributeError) as e:
-        print(f"{path}: unreadable validation_manifest_indices ({e}); not excluded", file=sys.stderr)
+        record = json.loads(path.read_text())
+        identity = record.get("validation_files")
+        indices = {int(i) for i in record.get("validation_manifest_indices", [])}
+        names = {utils.manifest_name(n) for n in identity["noisy"]} if identity else set()
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        print(f"warning: {path}: unreadable validation files ({e}); none excluded", file=sys.stderr)
         return set()
+    if identity:
+        if identity.get("manifest_sha256") != utils.file_sha256(manifest):
+            print(f"warning: {path}: its validation files come from another test manifest than {manifest} "
+                  "(sha256 differs); none excluded", file=sys.stderr)  # fmt: skip
+            return set()
+        sums = dict(zip(identity["noisy"], identity.get("noisy_sha256") or [], strict=False))
+        held = set()
+        for t in tasks:
+            name = utils.manifest_name(t["noisy_rel"])
+            if name in names and sums.get(name) in (None, _sha256_or_none(t["noisy"])):
+                held.add(t["index"])
+        if len(held) < len(names & {utils.manifest_name(t["noisy_rel"]) for t in tasks}):
+            print(f"warning: {path}: some validation files named there differ from those in {manifest} "
+                  "(sha256); those are not excluded", file=sys.stderr)  # fmt: skip
+        return held
+    if not indices:
+        return set()
+    try:
+        own = utils.get_path(utils.load_config(model_dir / "config.ini"), "data_dir") / "manifest_testing.csv"
+    except (utils.PipelineError, configparser.Error, KeyError):
+        own = None
+    if own is None or own.resolve() != manifest.resolve():
+        print(f"warning: {path}: lists validation files by manifest index only, of {own}, not {manifest}; "
+              "none excluded", file=sys.stderr)  # fmt: skip
+        return set()
+    return indices & {t["index"] for t in tasks}
+
+
+def _sha256_or_none(path) -> str | None:
+    try:
+        return utils.file_sha256(path)
+    except OSError:
+        return None
 
 
 def _oracle_list(cfg, oracles) -> list[str]:
@@ -656,13 +699,13 @@ def evaluate(
         "baselines_skipped": skipped,
         **summarize(rows, names, systems),
     }
-    held = validation_indices(model_dir)  # train.py chose best/ on these test files: disclose it
-    n_held = sum(t["index"] in held for t in tasks)
-    if n_held:
+    # train.py chose best/ on these test files: disclose it
+    held = validation_exclusions(model_dir, manifest, tasks) - {r["index"] for r in dropped}
+    if held:
         kept = [r for r in rows if r["index"] not in held]
         summary["excluding_validation_files"] = {
-            "n_excluded": n_held,
-            "n_files": len(tasks) - n_held,
+            "n_excluded": len(held),
+            "n_files": summary["n_files"] - len(held),
             "note": "the model folder's metrics.json names these test files as train.py's validation set "
             "(used to pick the best epoch); these statistics leave them out",
             **summarize(kept, names, systems),

@@ -35,9 +35,10 @@ Outputs, for run NAME:
 
 Validation scores waveforms against the TRUE clean speech read from disk: the model's output is
 istft(M * X) with the model's own phase; the noisy input is scored beside it.
-Validation uses the first [train] validation_files rows of the TEST split; best/metrics.json lists
-their manifest indices and evaluate.py also reports its scores without them. A failed SDR / SI-SDR /
-SNR on a validation file (silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
+Validation uses the first [train] validation_files rows of the TEST split; best/metrics.json names
+them (noisy file names and sha256s, the manifest's sha256; indices too) and evaluate.py also reports
+its scores without them when it scores those files. A failed SDR / SI-SDR / SNR on a validation file
+(silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
 Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint exactly
 (the update and the step counter change in one graph call). --resume refuses a change of [STFT],
 [features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, lr_halving_steps,
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
@@ -904,6 +906,16 @@ class Validator:
         # Manifest indices of the validation files (test split), stored in best/metrics.json so
         # evaluate.py can report the test scores without them.
         self.manifest_indices = [int(cache.rows[i]["manifest_index"]) for i in range(n)]
+        # ... and by identity: the manifest's sha256, the noisy names and each noisy file's sha256
+        # (indices alone would name the first files of any other test set)
+        manifest = Path(cache.meta.get("manifest", ""))
+        self.identity = {"manifest": str(manifest), "manifest_sha256": None, "noisy": []}
+        if manifest.is_file():
+            self.identity["manifest_sha256"] = utils.file_sha256(manifest)
+            with open(manifest, newline="") as f:
+                names = {r["index"].strip(): utils.manifest_name(r["noisy"]) for r in csv.DictReader(f)}
+            self.identity["noisy"] = [names.get(str(i), "") for i in self.manifest_indices]
+        self.identity["noisy_sha256"] = [utils.file_sha256(cache.rows[i]["noisy"]) for i in range(n)]
         self.examples = []
         for i in range(n):
             row = cache.rows[i]
@@ -1170,7 +1182,7 @@ def _format_epoch(epoch: int, epochs: int, train_loss: float, val: dict | None, 
     return text + f"  {seconds:.1f} s  {rate:.1f} clips/s"
 
 
-def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, val_indices: list[int]) -> None:
+def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, validator: Validator) -> None:
     """best/ = model.save_trained + metrics.json, swapped in by renames so it is never half-written.
     metrics.json names the test-split files validation used (evaluate.py reports scores without them)."""
     tmp, old = dirs.checkpoints / ".best.tmp", dirs.checkpoints / ".best.old"
@@ -1183,7 +1195,8 @@ def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, va
             "step": int(trainer.step.numpy()),
             "validation": val,
             "validation_split": "testing",
-            "validation_manifest_indices": list(val_indices),
+            "validation_manifest_indices": list(validator.manifest_indices),
+            "validation_files": validator.identity,
         }
         json.dump(record, f, indent=2)
     if dirs.best.exists():
@@ -1408,7 +1421,7 @@ class Run:
         si = val.get("si_sdr", math.nan)
         if math.isfinite(si) and si > self.value("best_si_sdr"):
             self.trainer.best_si_sdr.assign(si)
-            _export_best(self.trainer, self.cfg, self.dirs, epoch, val, self.validator.manifest_indices)
+            _export_best(self.trainer, self.cfg, self.dirs, epoch, val, self.validator)
         return val
 
 

@@ -9,6 +9,7 @@ import argparse
 import configparser
 import contextlib
 import difflib
+import hashlib
 import logging
 import math
 import os
@@ -312,6 +313,20 @@ def atomic_write(path: Path | str, mode: str = "wb"):
 def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
     with atomic_write(path, "wb") as f:
         np.save(f, array)
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes (a manifest's identity)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_name(name: str) -> str:
+    """A manifest's file column as compared across scripts (stripped, forward slashes)."""
+    return Path(str(name).strip()).as_posix()
 
 
 def find_audio(folder: Path | str) -> list[Path]:

@@ -242,6 +242,50 @@ def test_nothing_scorable_is_one_line_and_writes_nothing(test_set, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+def test_validation_files_are_excluded_by_identity_only(test_set, tmp_path, capsys):
+    """train.py's validation files, named by noisy file + manifest sha256 (or old index-only records
+    when the manifest is the model's own), are excluded; another test set is never mislabelled."""
+    cfg, data = test_set
+    manifest = data / "manifest_testing.csv"
+    tasks = evaluate.read_manifest(manifest)
+    model_dir = _tiny_model(cfg, tmp_path)
+    names = [tasks[2]["noisy_rel"], tasks[0]["noisy_rel"]]
+    sums = [utils.file_sha256(data / n) for n in names]
+    identity = {"manifest_sha256": utils.file_sha256(manifest), "noisy": names, "noisy_sha256": sums}
+    record = {"validation_manifest_indices": [2, 0], "validation_files": identity}
+    (model_dir / "metrics.json").write_text(json.dumps(record))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == {0, 2}
+    assert capsys.readouterr().err == ""
+
+    other = tmp_path / "other"  # another test set: same names, indices and manifest, other audio
+    make_test_set(other, seconds=1.0)
+    other_tasks = evaluate.read_manifest(other / "manifest_testing.csv")
+    assert [t["noisy_rel"] for t in other_tasks] == [t["noisy_rel"] for t in tasks]
+    assert evaluate.validation_exclusions(model_dir, other / "manifest_testing.csv", other_tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "differ from those in" in err[0]
+    identity["manifest_sha256"] = "0" * 64  # a manifest that differs: nothing at all is excluded
+    (model_dir / "metrics.json").write_text(json.dumps(record))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another test manifest" in err[0] and "none excluded" in err[0]
+
+    # an old metrics.json (indices only): trusted for the model's own manifest, not for another one
+    (model_dir / "metrics.json").write_text(json.dumps({"validation_manifest_indices": [0, 2]}))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == {0, 2}
+    assert evaluate.validation_exclusions(model_dir, other / "manifest_testing.csv", other_tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "by manifest index only" in err[0] and "none excluded" in err[0]
+
+    # end to end on the other test set: no "without them" table
+    argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--set", f"paths.data_dir={other}"]
+    rc = evaluate.main([*argv, "--out", str(tmp_path / "out"), "--no-oracles", "--workers", "1",
+                        "--model", str(model_dir)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "validation files" not in out and "Summary (3 files" in out
+    assert "excluding_validation_files" not in json.loads((tmp_path / "out" / "summary.json").read_text())
+
+
 @pytest.mark.parametrize("script", ["evaluate", "STFT"])
 def test_negative_workers_refused(test_set, tmp_path, capsys, script):
     cfg, _ = test_set

@@ -203,6 +203,12 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     feats = np.random.default_rng(0).standard_normal((1, 20, 257, 4)).astype(np.float32)
     assert np.isfinite(np.asarray(best(feats))).all()
     assert metrics_json["validation_manifest_indices"] == [0, 1]  # validation_files=2 of the test split
+    # ... and by identity, so evaluate.py never takes the first files of another test set for them
+    manifest = Path(cfg["paths"]["data_dir"]) / "manifest_testing.csv"
+    with open(manifest, newline="") as f:
+        first = [r["noisy"] for r in csv.DictReader(f)][:2]
+    identity = metrics_json["validation_files"]
+    assert identity["noisy"] == first and identity["manifest_sha256"] == utils.file_sha256(manifest)
 
     # evaluate.py scores best/ and reports the test scores without the validation files too
     import evaluate
