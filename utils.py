@@ -9,7 +9,10 @@ import argparse
 import configparser
 import contextlib
 import difflib
+import errno
+import glob
 import hashlib
+import io
 import logging
 import math
 import os
@@ -304,10 +307,60 @@ def atomic_write(path: Path | str, mode: str = "wb"):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # f.write's ENOSPC names no file: name it
+            e.filename = str(path)
         raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str, what: str):
+    """Holds an exclusive lock on `folder` (its hidden .lock file, removed on exit) for one run;
+    a second run into the same folder is refused with one line naming the holder."""
+    import fcntl
+
+    folder = Path(folder)
+    lock = folder / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PipelineError(
+                f"{folder}: another {what} run (pid {holder}) is writing here; wait for it to finish or "
+                "choose another output folder"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:  # else the previous holder removed the file just now: lock the new one
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def remove_stale_temps(target: Path | str) -> list[Path]:
+    """Removes the hidden .NAME.XXXX.tmp files atomic_write (or enhance.py's writer) left beside
+    `target` when killed; call only while no other process can be writing `target`."""
+    target = Path(target)
+    removed = []
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
@@ -377,8 +430,10 @@ def write_audio(path: Path | str, data: np.ndarray, sample_rate: int, subtype: s
     """Writes audio atomically (temp file + rename); float32 WAV by default so sums stay exact."""
     path = Path(path)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
+    buf = io.BytesIO()  # encoded in memory: libsndfile would turn a full disk into "System error"
+    sf.write(buf, np.asarray(data), sample_rate, subtype=subtype, format=fmt)
     with atomic_write(path, "wb") as f:
-        sf.write(f, np.asarray(data), sample_rate, subtype=subtype, format=fmt)
+        f.write(buf.getbuffer())
 
 
 def peak_normalize(x: np.ndarray, peak: float = 0.99) -> np.ndarray:
@@ -414,12 +469,38 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+OS_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk full (quota exceeded)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EEXIST: "exists and is not a folder",
+    errno.ENOTDIR: "not a folder (part of the path is a file)",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOENT: "not found",
+    errno.EFBIG: "file too large",
+}
+
+
+def os_error_line(e: OSError, path=None) -> str:
+    """'PATH: reason' for a filesystem error ("disk full" in those words)."""
+    where = e.filename if e.filename is not None else path
+    first = (str(e).splitlines() or [""])[0]
+    reason = OS_REASONS.get(e.errno) or e.strerror or first or type(e).__name__
+    return f"{where}: {reason}" if where is not None else reason
+
+
 def run_main(main_fn, argv=None) -> int:
-    """Runs a script's main, turning PipelineError into one line on stderr and exit status 2."""
+    """Runs a script's main, turning PipelineError and filesystem errors (OSError: disk full,
+    read-only, a file where a folder should be, ...) into one line on stderr and exit status 2."""
     try:
         return main_fn(argv) or 0
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
