@@ -36,12 +36,14 @@ import argparse
 import configparser
 import contextlib
 import csv
+import glob
 import importlib.util
 import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -301,11 +303,18 @@ def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
     if not rows or missing:
         raise utils.PipelineError(f"{path}: no rows or missing columns {sorted(missing)}")
     tasks = []
-    for r in rows[:limit] if limit else rows:
+    for line, r in enumerate(rows[:limit] if limit else rows, start=2):
+        try:
+            index, snr_db = int(r["index"]), float(r["snr_db"])
+        except (TypeError, ValueError):
+            raise utils.PipelineError(
+                f"{path}: line {line}: index={r['index']!r}, snr_db={r['snr_db']!r}: expected an integer "
+                "and a number"
+            ) from None
         tasks.append(
             {
-                "index": int(r["index"]),
-                "snr_db": float(r["snr_db"]),
+                "index": index,
+                "snr_db": snr_db,
                 "noisy_rel": r["noisy"],
                 "noisy": str(path.parent / r["noisy"]),
                 "clean": str(path.parent / r["clean"]),
@@ -680,7 +689,49 @@ def evaluate(
             f"{manifest}: none of its {len(tasks)} test files could be scored (see above)"
         )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written as a set: into a hidden staging folder beside out_dir, moved in only when all of it is
+    # written (a full disk or an error leaves out_dir as it was, and no staging folder).
+    final = out_dir
+    if final.exists() and not final.is_dir():
+        raise utils.PipelineError(f"{final}: --out must be a folder, and this is an existing file")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(final)
+    out_dir = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    try:
+        summary = _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped,
+                                 skipped, settings, manifest)  # fmt: skip
+        final.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # an older run's: never beside a half-moved set
+            (final / "summary.json").unlink()
+        for f in sorted(out_dir.iterdir(), key=lambda f: f.name == "summary.json"):  # summary.json last
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return summary
+
+
+def _remove_stale_stages(final: Path) -> None:
+    """Staging folders of evaluate runs that were killed (their process is gone)."""
+    for stage in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = stage.name[len(final.name) + 2 : -len(".tmp")]
+        if stage.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped, skipped,
+                   settings, manifest) -> dict:  # fmt: skip
     write_results_csv(out_dir / "results.csv", rows, names)
     summary = {
         "n_files": len(tasks) - len(dropped),

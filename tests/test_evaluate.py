@@ -286,6 +286,46 @@ def test_validation_files_are_excluded_by_identity_only(test_set, tmp_path, caps
     assert "excluding_validation_files" not in json.loads((tmp_path / "out" / "summary.json").read_text())
 
 
+def test_disk_full_leaves_the_results_folder_as_it_was(test_set, tmp_path, capsys, monkeypatch):
+    cfg, _ = test_set
+    out = tmp_path / "out"
+    argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--out", str(out), "--no-oracles",
+            "--workers", "1", "--model", str(_tiny_model(cfg, tmp_path))]  # fmt: skip
+    assert utils.run_main(evaluate.main, argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = utils.atomic_write
+
+    def full(path, mode="wb"):
+        if Path(path).name == "snr_table.md":  # half way through the set
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(utils, "atomic_write", full)
+    capsys.readouterr()
+    assert utils.run_main(evaluate.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and err[-1].endswith("snr_table.md: disk full")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder
+
+
+@pytest.mark.parametrize("bad", ["snr_db", "index"])
+def test_bad_number_in_the_manifest_is_one_line(test_set, tmp_path, capsys, bad):
+    cfg, data = test_set
+    manifest = data / "manifest_testing.csv"
+    rows = _read_csv(manifest)
+    rows[1][bad] = "abc"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rc = utils.run_main(evaluate.main, ["--config", cfg.source, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {manifest}: line 3: ")
+    assert f"{bad}='abc'" in err[0] and "expected an integer and a number" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("script", ["evaluate", "STFT"])
 def test_negative_workers_refused(test_set, tmp_path, capsys, script):
     cfg, _ = test_set
