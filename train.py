@@ -1205,6 +1205,15 @@ def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, va
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_checkpoint_temps(folder: Path) -> None:
+    """The ckpt-N_temp/ folders TensorFlow writes a checkpoint into before renaming it."""
+    for tmp in Path(folder).glob("ckpt-*_temp*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _deferred_interrupt():
     """Holds Ctrl-C back while the training state changes, then raises it: a checkpoint taken in the
@@ -1259,6 +1268,7 @@ class Run:
             self.trainer.load_initial_weights(Path(params.init_weights))
         # Non-chief workers take part in the collective save but write to a private folder.
         self.ckpt_dir = dirs.checkpoints if self.chief else dirs.checkpoints / f".worker_{os.getpid()}"
+        _remove_checkpoint_temps(self.ckpt_dir)  # of a run killed while saving
         self.manager = tf.train.CheckpointManager(self.trainer.checkpoint, str(self.ckpt_dir), max_to_keep=3)
         if restoring:
             self.restore()
@@ -1288,7 +1298,21 @@ class Run:
 
     def save(self) -> str:
         with _deferred_interrupt():
+            return self._save_checkpoint()
+
+    def _save_checkpoint(self) -> str:
+        """manager.save; on any error its ckpt-N_temp/ folder is removed and a full disk (or a
+        read-only folder) is one line, not a TensorFlow traceback."""
+        try:
             return self.manager.save(checkpoint_number=self.value("step"))
+        except BaseException as e:
+            _remove_checkpoint_temps(self.ckpt_dir)
+            tf = _tf()
+            if isinstance(e, tf.errors.OpError):
+                text = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+                reason = "disk full" if "No space left" in text else text[:200]
+                raise utils.PipelineError(f"{self.ckpt_dir}: checkpoint not saved: {reason}") from e
+            raise
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -1405,7 +1429,7 @@ class Run:
             t.batch.assign(0)
             t.epoch_loss_sum.assign(0.0)
             t.epoch_loss_count.assign(0)
-            self.manager.save(checkpoint_number=self.value("step"))
+            self._save_checkpoint()
 
     def validate(self, epoch: int) -> dict:
         """Scores the fixed validation subset; writes summaries, listening copies and best/."""

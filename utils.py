@@ -491,6 +491,23 @@ def os_error_line(e: OSError, path=None) -> str:
     return f"{where}: {reason}" if where is not None else reason
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """For a worker process: exit within a second of `parent_pid` going away (kill -9 too), instead of
+    running on as an orphan. A polling thread, not Linux's PR_SET_PDEATHSIG: that one fires when the
+    parent *thread* that started the worker ends, which for a process pool need not be the parent."""
+    import threading
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die_with_parent").start()
+
+
 def run_main(main_fn, argv=None) -> int:
     """Runs a script's main, turning PipelineError and filesystem errors (OSError: disk full,
     read-only, a file where a folder should be, ...) into one line on stderr and exit status 2."""
