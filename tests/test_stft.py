@@ -485,3 +485,19 @@ def test_script_main(data, capsys):
     assert "--force" in capsys.readouterr().out
     with pytest.raises(utils.PipelineError, match="manifest_testing.csv"):
         STFT.main(["--config", cfg.source])  # both splits; no test manifest here
+
+
+def test_disk_full_is_one_line_naming_the_cache_file(data, monkeypatch, capsys):
+    """os.pwrite's ENOSPC names no file: the error says which cache file and "disk full"; the old
+    cache (here: none) is kept and no temp folder is left."""
+    cfg, _ = data
+
+    def full(fd, view, pos):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(STFT.os, "pwrite", full)
+    rc = utils.run_main(STFT.main, ["--config", cfg.source, "--split", "training"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and err[-1].endswith("/noisy.npy: disk full")
+    assert ".tmp" in err[-1]  # the temp folder's file, which is gone again:
+    assert not list(STFT.cache_dir(cfg, "training").parent.glob("Training_STFT*"))
