@@ -568,6 +568,7 @@ def _worker_init(files: dict, params: dict) -> None:
     _keep_buffers_on_heap()
     _WORKER["files"] = {n: (os.open(path, os.O_WRONLY), start) for n, (path, start) in files.items()}
     _WORKER["params"] = StftParams(**params)
+    _WORKER["paths"] = {n: path for n, (path, _) in files.items()}
 
 
 def _worker_close() -> None:
@@ -599,7 +600,10 @@ def _worker_fill(tasks: list) -> int:
                     reason = f"changed while caching ({len(x)} != {n_samples} samples)"
                     raise utils.PipelineError(f"{path}: {reason}")
                 fd, start = files[name]
-                _pwrite_all(fd, stft(x, p), start + offset * row_bytes)
+                try:
+                    _pwrite_all(fd, stft(x, p), start + offset * row_bytes)
+                except OSError as e:  # os.pwrite's ENOSPC names no file: one line naming the cache file
+                    raise utils.PipelineError(utils.os_error_line(e, _WORKER["paths"][name])) from None
     except utils.PipelineError as e:
         raise utils.PipelineError(str(e)) from None  # AudioError's signature does not survive pickling
     return len(tasks)
@@ -765,6 +769,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     cfg = utils.config_from_args(args)
     for split in SPLITS if args.split == "both" else (args.split,):
         build_cache(cfg, split, workers=args.workers, force=args.force)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import errno
 import math
 import os
 import sys
@@ -725,14 +726,20 @@ class _Writer:
         y = np.asarray(y, np.float32).reshape(-1, self.channels)[: self.frames - self.written]
         if self.clip:
             y = np.clip(y, -1.0, 1.0)
-        self.file.write(y)
+        try:
+            self.file.write(y)
+        except sf.LibsndfileError as e:
+            raise _write_error(e, self.dst) from e
         self.written += len(y)
 
     def __exit__(self, exc_type, exc, tb):
         try:
             if exc_type is None and self.written < self.frames:  # the resampler's last sample can round away
                 self.write(np.zeros((self.frames - self.written, self.channels), np.float32))
-            self.file.close()
+            try:
+                self.file.close()
+            except sf.LibsndfileError as e:
+                raise _write_error(e, self.dst) from e
             if exc_type is None:
                 with open(self.tmp, "rb+") as f:
                     os.fsync(f.fileno())
@@ -744,6 +751,16 @@ class _Writer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)
         return False
+
+
+def _write_error(e: Exception, dst: Path) -> Exception:
+    """libsndfile reports a full disk as "System error": say "disk full" when the disk is."""
+    try:
+        st = os.statvfs(dst.parent)
+        full = st.f_bavail * st.f_frsize < 1 << 20
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, "No space left on device", str(dst)) if full else e
 
 
 # ----------------------------------------------------------------------------- command line
@@ -857,13 +874,18 @@ def main(argv=None) -> int:
     )
     utils.add_config_args(parser)
     args = parser.parse_args(argv)
+    utils.refuse_model_overrides(args.overrides, "enhance.py")
     cfg = utils.config_from_args(args)
     chunk_seconds = cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
     if not chunk_seconds > 0:
         raise utils.PipelineError(f"[enhance] chunk_seconds={chunk_seconds}: must be > 0")
-    outdir = args.out or utils.get_path(cfg, "enhanced_dir")
-
+    outdir = Path(args.out or utils.get_path(cfg, "enhanced_dir"))
     found, errors = collect_inputs(args.inputs)
+    if outdir.exists() and not outdir.is_dir():
+        is_input = any(outdir.resolve() == f.resolve() for f, _ in found)
+        raise utils.PipelineError(
+            f"{outdir}: -o must be a folder, and this is {'an input' if is_input else 'an existing'} file"
+        )
     jobs, refused = plan_outputs(found, outdir)
     errors += refused
     for line in errors:
@@ -871,7 +893,21 @@ def main(argv=None) -> int:
     if not jobs:
         print("no file was enhanced", file=sys.stderr)
         return 1
+    created = not outdir.exists()
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with utils.folder_lock(outdir, "enhance.py"):
+            return _enhance_all(args, cfg, jobs, errors, outdir, chunk_seconds)
+    finally:
+        if created:  # nothing enhanced: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                outdir.rmdir()
 
+
+def _enhance_all(args, cfg, jobs, errors, outdir: Path, chunk_seconds: float) -> int:
+    for _, dst in jobs:  # a killed run's hidden temp files (we hold the folder's lock: none is live)
+        for tmp in utils.remove_stale_temps(dst):
+            print(f"removed {tmp} (left by an interrupted run)", file=sys.stderr)
     enhancer = _load(args, cfg)
     if args.streaming:
         enhancer._require_causal("--streaming")
@@ -884,9 +920,9 @@ def main(argv=None) -> int:
     elif not enhancer.causal:
         print(f"{enhancer.source}: non-causal model: each file is processed whole, in memory (no chunking)")
     run_cfg = _run_config(cfg, enhancer, args)
-    utils.save_config(run_cfg, Path(outdir) / "enhance_config.ini")
+    utils.remove_stale_temps(outdir / "enhance_config.ini")
 
-    failed = len(errors)
+    failed, written = len(errors), False
     for src, dst in jobs:
         try:
             r = enhancer.enhance_file(src, dst, args.channels, args.streaming, chunk_seconds)
@@ -894,6 +930,9 @@ def main(argv=None) -> int:
             print(f"failed: {_failure(src, e)}", file=sys.stderr)
             failed += 1
             continue
+        if not written:  # with the first file: never for a run that enhanced nothing
+            utils.save_config(run_cfg, outdir / "enhance_config.ini")
+            written = True
         print(
             f"{src} -> {dst}: {r['duration']:.2f} s, {r['sample_rate']} Hz, {r['channels']} ch "
             f"{r['subtype']}, {r['seconds']:.2f} s (real-time factor {r['rtf']:.3f})"
@@ -908,6 +947,8 @@ def _failure(src: Path, e: Exception) -> str:
     """One line: an AudioError already names the file and the reason; anything else gets its type."""
     if isinstance(e, utils.AudioError):
         return str(e)
+    if isinstance(e, OSError):
+        return f"{src}: {utils.os_error_line(e)}"
     lines = str(e).strip().splitlines()
     return f"{src}: {type(e).__name__}: {lines[0][:200] if lines else '(no message)'}"
 

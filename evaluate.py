@@ -38,12 +38,14 @@ import argparse
 import configparser
 import contextlib
 import csv
+import glob
 import importlib.util
 import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -224,14 +226,21 @@ def _init_worker(settings: dict) -> None:
 
 
 def _read_pair(task: dict, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    clean, _ = utils.read_audio(task["clean"], sr)
+    """(clean, noisy, noise) at sr; AudioError for what STFT.py refuses too (unreadable, empty, NaN,
+    silent, or a clean / noise file whose length differs from its noisy file's)."""
     noisy, _ = utils.read_audio(task["noisy"], sr)
-    n = min(len(clean), len(noisy))
-    clean, noisy = clean[:n], noisy[:n]
-    noise = None
-    if task.get("noise") and Path(task["noise"]).is_file():
-        noise, _ = utils.read_audio(task["noise"], sr)
-        noise = noise[:n] if len(noise) >= n else None
+    clean, _ = utils.read_audio(task["clean"], sr)
+    partners = {"clean": clean}
+    if task.get("noise"):
+        partners["noise"] = utils.read_audio(task["noise"], sr)[0]
+    for name, x in partners.items():
+        if len(x) != len(noisy):
+            raise utils.AudioError(
+                task[name],
+                f"{len(x)} samples, but its noisy file {task['noisy_rel']} has {len(noisy)} "
+                "(a pair must be equally long)",
+            )
+    noise = partners.get("noise")
     if noise is None:  # noisy == clean + noise exactly (data_prep), so this is the same signal
         noise = noisy - clean
     return clean, noisy, noise
@@ -250,8 +259,8 @@ def score_task(task: dict) -> list[dict]:
     systems += [f"oracle_{k}" for k in s["oracles"]] + list(s["baselines"])
     try:
         clean, noisy, noise = _read_pair(task, sr)
-    except utils.PipelineError as e:
-        return [failed(system, f"input: {e}") for system in systems]
+    except utils.PipelineError as e:  # not scored at all: reported and counted by evaluate()
+        return [{**base, "dropped": str(e)}]
     rows = []
     oracles = {}
     if s["oracles"]:  # the three spectra once for all oracles
@@ -297,11 +306,18 @@ def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
     if not rows or missing:
         raise utils.PipelineError(f"{path}: no rows or missing columns {sorted(missing)}")
     tasks = []
-    for r in rows[:limit] if limit else rows:
+    for line, r in enumerate(rows[:limit] if limit else rows, start=2):
+        try:
+            index, snr_db = int(r["index"]), float(r["snr_db"])
+        except (TypeError, ValueError):
+            raise utils.PipelineError(
+                f"{path}: line {line}: index={r['index']!r}, snr_db={r['snr_db']!r}: expected an integer "
+                "and a number"
+            ) from None
         tasks.append(
             {
-                "index": int(r["index"]),
-                "snr_db": float(r["snr_db"]),
+                "index": index,
+                "snr_db": snr_db,
                 "noisy_rel": r["noisy"],
                 "noisy": str(path.parent / r["noisy"]),
                 "clean": str(path.parent / r["clean"]),
@@ -522,16 +538,59 @@ def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> 
 # ----------------------------------------------------------------------------- evaluate
 
 
-def validation_indices(model_dir: Path | None) -> set[int]:
-    """Manifest indices of the test files train.py validated on (model folder's metrics.json)."""
+def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[dict]) -> set[int]:
+    """Manifest indices (of `tasks`) of the test files train.py validated on, by identity.
+
+    best/metrics.json's "validation_files" (train.py since issue 17) names them by noisy file name
+    and sha256 and the manifest's sha256: a file is excluded only when `manifest` is that manifest and
+    the file is that file. An older
+    metrics.json has only indices: trusted only when `manifest` is the one the model's config.ini
+    names ([paths] data_dir). Otherwise nothing is excluded and one line on stderr says why.
+    """
     path = model_dir / "metrics.json" if model_dir is not None else None
     if path is None or not path.is_file():
         return set()
     try:
-        return {int(i) for i in json.loads(path.read_text()).get("validation_manifest_indices", [])}
-    except (ValueError, TypeError, AttributeError) as e:
-        print(f"{path}: unreadable validation_manifest_indices ({e}); not excluded", file=sys.stderr)
+        record = json.loads(path.read_text())
+        identity = record.get("validation_files")
+        indices = {int(i) for i in record.get("validation_manifest_indices", [])}
+        names = {utils.manifest_name(n) for n in identity["noisy"]} if identity else set()
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        print(f"warning: {path}: unreadable validation files ({e}); none excluded", file=sys.stderr)
         return set()
+    if identity:
+        if identity.get("manifest_sha256") != utils.file_sha256(manifest):
+            print(f"warning: {path}: its validation files come from another test manifest than {manifest} "
+                  "(sha256 differs); none excluded", file=sys.stderr)  # fmt: skip
+            return set()
+        sums = dict(zip(identity["noisy"], identity.get("noisy_sha256") or [], strict=False))
+        held = set()
+        for t in tasks:
+            name = utils.manifest_name(t["noisy_rel"])
+            if name in names and sums.get(name) in (None, _sha256_or_none(t["noisy"])):
+                held.add(t["index"])
+        if len(held) < len(names & {utils.manifest_name(t["noisy_rel"]) for t in tasks}):
+            print(f"warning: {path}: some validation files named there differ from those in {manifest} "
+                  "(sha256); those are not excluded", file=sys.stderr)  # fmt: skip
+        return held
+    if not indices:
+        return set()
+    try:
+        own = utils.get_path(utils.load_config(model_dir / "config.ini"), "data_dir") / "manifest_testing.csv"
+    except (utils.PipelineError, configparser.Error, KeyError):
+        own = None
+    if own is None or own.resolve() != manifest.resolve():
+        print(f"warning: {path}: lists validation files by manifest index only, of {own}, not {manifest}; "
+              "none excluded", file=sys.stderr)  # fmt: skip
+        return set()
+    return indices & {t["index"] for t in tasks}
+
+
+def _sha256_or_none(path) -> str | None:
+    try:
+        return utils.file_sha256(path)
+    except OSError:
+        return None
 
 
 def _oracle_list(cfg, oracles) -> list[str]:
@@ -588,7 +647,8 @@ def evaluate(
         if not (model_dir / "config.ini").is_file():
             raise utils.PipelineError(f"{model_dir}: no trained model here (config.ini missing; train first)")
         mcfg = utils.load_config(model_dir / "config.ini")  # the transform the model was trained with
-    tasks = read_manifest(utils.get_path(cfg, "data_dir") / "manifest_testing.csv", limit)
+    manifest = utils.get_path(cfg, "data_dir") / "manifest_testing.csv"
+    tasks = read_manifest(manifest, limit)
     p = STFT.StftParams.from_config(mcfg)
     metric_list, oracle_list = _metric_list(cfg), _oracle_list(cfg, oracles)
     skipped = {}
@@ -645,12 +705,64 @@ def evaluate(
     bar.close()
     # Order by manifest position then system, so nothing depends on the number of workers.
     position = {t["index"]: i for i, t in enumerate(tasks)}
+    dropped = sorted((r for r in rows if "dropped" in r), key=lambda r: position[r["index"]])
+    rows = [r for r in rows if "dropped" not in r]
     rows.sort(key=lambda r: (position[r["index"]], systems.index(r["system"])))
+    for r in dropped:
+        print(f"dropped: {r['dropped']}", file=sys.stderr)
+    if not rows:
+        raise utils.PipelineError(
+            f"{manifest}: none of its {len(tasks)} test files could be scored (see above)"
+        )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written as a set: into a hidden staging folder beside out_dir, moved in only when all of it is
+    # written (a full disk or an error leaves out_dir as it was, and no staging folder).
+    final = out_dir
+    if final.exists() and not final.is_dir():
+        raise utils.PipelineError(f"{final}: --out must be a folder, and this is an existing file")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_stages(final)
+    out_dir = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    try:
+        summary = _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped,
+                                 skipped, settings, manifest)  # fmt: skip
+        final.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # an older run's: never beside a half-moved set
+            (final / "summary.json").unlink()
+        for f in sorted(out_dir.iterdir(), key=lambda f: f.name == "summary.json"):  # summary.json last
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return summary
+
+
+def _remove_stale_stages(final: Path) -> None:
+    """Staging folders of evaluate runs that were killed (their process is gone)."""
+    for stage in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = stage.name[len(final.name) + 2 : -len(".tmp")]
+        if stage.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped, skipped,
+                   settings, manifest) -> dict:  # fmt: skip
     write_results_csv(out_dir / "results.csv", rows, names)
     summary = {
-        "n_files": len(tasks),
+        "n_files": len(tasks) - len(dropped),
+        "n_dropped": len(dropped),
+        "dropped": [{"noisy_file": r["noisy_file"], "reason": r["dropped"]} for r in dropped],
         "model_dir": str(model_dir) if model_dir is not None else None,
         "systems": systems,
         "metrics": names,
@@ -664,13 +776,13 @@ def evaluate(
         "baselines_skipped": skipped,
         **summarize(rows, names, systems),
     }
-    held = validation_indices(model_dir)  # train.py chose best/ on these test files: disclose it
-    n_held = sum(t["index"] in held for t in tasks)
-    if n_held:
+    # train.py chose best/ on these test files: disclose it
+    held = validation_exclusions(model_dir, manifest, tasks) - {r["index"] for r in dropped}
+    if held:
         kept = [r for r in rows if r["index"] not in held]
         summary["excluding_validation_files"] = {
-            "n_excluded": n_held,
-            "n_files": len(tasks) - n_held,
+            "n_excluded": len(held),
+            "n_files": summary["n_files"] - len(held),
             "note": "the model folder's metrics.json names these test files as train.py's validation set "
             "(used to pick the best epoch); these statistics leave them out",
             **summarize(kept, names, systems),
@@ -732,6 +844,7 @@ def main(argv=None) -> int:
         "improvement (default 3: best, median, worst); all = every file",
     )
     args = parser.parse_args(argv)
+    utils.refuse_model_overrides(args.overrides, "evaluate.py")
     cfg = utils.config_from_args(args)
     model_dir, name = resolve_model_dir(cfg, args.model, args.run)
     out_dir = args.out.resolve() if args.out else utils.get_path(cfg, "results_dir") / name
@@ -741,6 +854,8 @@ def main(argv=None) -> int:
             raise utils.PipelineError(
                 f"--baselines {b}: unknown baseline; choose from {', '.join(BASELINES)}"
             )
+    if args.workers is not None and args.workers < 0:
+        raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     if args.limit is not None and args.limit < 1:
         raise utils.PipelineError(f"--limit {args.limit}: must be >= 1")
     page_examples = listening_page.parse_examples(args.page_examples)  # a typo fails before scoring
@@ -749,7 +864,8 @@ def main(argv=None) -> int:
         page_examples=page_examples,
     )  # fmt: skip
     print(summary["snr_table"])
-    print(f"Summary ({summary['n_files']} files; mean ± 95% CI half-width):\n")
+    dropped = f", {summary['n_dropped']} dropped (see above)" if summary["n_dropped"] else ""
+    print(f"Summary ({summary['n_files']} files{dropped}; mean ± 95% CI half-width):\n")
     print(summary_table(summary))
     if held := summary.get("excluding_validation_files"):
         print(f"{held['n_excluded']} of these files were train.py's validation files (best epoch picked on "

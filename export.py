@@ -406,6 +406,7 @@ def main(argv=None) -> int:
     )
     utils.add_config_args(parser)
     args = parser.parse_args(argv)
+    utils.refuse_model_overrides(args.overrides, "export.py")
     cfg = utils.config_from_args(args)
     model_dir = args.model or enhance.default_model_dir(cfg)
     meta = export(model_dir, args.out, args.quantize)

@@ -519,6 +519,9 @@ def load_trained(folder) -> tuple[keras.Model, configparser.ConfigParser]:
         model.load_weights(weights)
     except ValueError as e:
         raise utils.PipelineError(f"{weights}: does not match the model in {config} ({e})") from e
+    except OSError as e:  # h5py: truncated or not HDF5 at all
+        first = (str(e).splitlines() or [type(e).__name__])[0][:150]
+        raise utils.PipelineError(f"{weights}: not a readable weights file ({first})") from e
     return model, cfg
 
 

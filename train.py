@@ -35,9 +35,10 @@ Outputs, for run NAME:
 
 Validation scores waveforms against the TRUE clean speech read from disk: the model's output is
 istft(M * X) with the model's own phase; the noisy input is scored beside it.
-Validation uses the first [train] validation_files rows of the TEST split; best/metrics.json lists
-their manifest indices and evaluate.py also reports its scores without them. A failed SDR / SI-SDR /
-SNR on a validation file (silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
+Validation uses the first [train] validation_files rows of the TEST split; best/metrics.json names
+them (noisy file names and sha256s, the manifest's sha256; indices too) and evaluate.py also reports
+its scores without them when it scores those files. A failed SDR / SI-SDR / SNR on a validation file
+(silent or non-finite output) counts as FAILED_DB (-50 dB) in the mean.
 Ctrl-C saves a checkpoint before exiting; `--resume` continues from the latest checkpoint exactly
 (the update and the step counter change in one graph call). --resume refuses a change of [STFT],
 [features], [model], [loss] or [train] seed, batch_size, crop_seconds, learning_rate, lr_halving_steps,
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
@@ -904,6 +906,16 @@ class Validator:
         # Manifest indices of the validation files (test split), stored in best/metrics.json so
         # evaluate.py can report the test scores without them.
         self.manifest_indices = [int(cache.rows[i]["manifest_index"]) for i in range(n)]
+        # ... and by identity: the manifest's sha256, the noisy names and each noisy file's sha256
+        # (indices alone would name the first files of any other test set)
+        manifest = Path(cache.meta.get("manifest", ""))
+        self.identity = {"manifest": str(manifest), "manifest_sha256": None, "noisy": []}
+        if manifest.is_file():
+            self.identity["manifest_sha256"] = utils.file_sha256(manifest)
+            with open(manifest, newline="") as f:
+                names = {r["index"].strip(): utils.manifest_name(r["noisy"]) for r in csv.DictReader(f)}
+            self.identity["noisy"] = [names.get(str(i), "") for i in self.manifest_indices]
+        self.identity["noisy_sha256"] = [utils.file_sha256(cache.rows[i]["noisy"]) for i in range(n)]
         self.examples = []
         for i in range(n):
             row = cache.rows[i]
@@ -1170,7 +1182,7 @@ def _format_epoch(epoch: int, epochs: int, train_loss: float, val: dict | None, 
     return text + f"  {seconds:.1f} s  {rate:.1f} clips/s"
 
 
-def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, val_indices: list[int]) -> None:
+def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, validator: Validator) -> None:
     """best/ = model.save_trained + metrics.json, swapped in by renames so it is never half-written.
     metrics.json names the test-split files validation used (evaluate.py reports scores without them)."""
     tmp, old = dirs.checkpoints / ".best.tmp", dirs.checkpoints / ".best.old"
@@ -1183,13 +1195,23 @@ def _export_best(trainer: Trainer, cfg, dirs: RunDirs, epoch: int, val: dict, va
             "step": int(trainer.step.numpy()),
             "validation": val,
             "validation_split": "testing",
-            "validation_manifest_indices": list(val_indices),
+            "validation_manifest_indices": list(validator.manifest_indices),
+            "validation_files": validator.identity,
         }
         json.dump(record, f, indent=2)
     if dirs.best.exists():
         dirs.best.rename(old)
     tmp.rename(dirs.best)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_checkpoint_temps(folder: Path) -> None:
+    """The ckpt-N_temp/ folders TensorFlow writes a checkpoint into before renaming it."""
+    for tmp in Path(folder).glob("ckpt-*_temp*"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -1246,6 +1268,7 @@ class Run:
             self.trainer.load_initial_weights(Path(params.init_weights))
         # Non-chief workers take part in the collective save but write to a private folder.
         self.ckpt_dir = dirs.checkpoints if self.chief else dirs.checkpoints / f".worker_{os.getpid()}"
+        _remove_checkpoint_temps(self.ckpt_dir)  # of a run killed while saving
         self.manager = tf.train.CheckpointManager(self.trainer.checkpoint, str(self.ckpt_dir), max_to_keep=3)
         if restoring:
             self.restore()
@@ -1275,7 +1298,21 @@ class Run:
 
     def save(self) -> str:
         with _deferred_interrupt():
+            return self._save_checkpoint()
+
+    def _save_checkpoint(self) -> str:
+        """manager.save; on any error its ckpt-N_temp/ folder is removed and a full disk (or a
+        read-only folder) is one line, not a TensorFlow traceback."""
+        try:
             return self.manager.save(checkpoint_number=self.value("step"))
+        except BaseException as e:
+            _remove_checkpoint_temps(self.ckpt_dir)
+            tf = _tf()
+            if isinstance(e, tf.errors.OpError):
+                text = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+                reason = "disk full" if "No space left" in text else text[:200]
+                raise utils.PipelineError(f"{self.ckpt_dir}: checkpoint not saved: {reason}") from e
+            raise
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -1392,7 +1429,7 @@ class Run:
             t.batch.assign(0)
             t.epoch_loss_sum.assign(0.0)
             t.epoch_loss_count.assign(0)
-            self.manager.save(checkpoint_number=self.value("step"))
+            self._save_checkpoint()
 
     def validate(self, epoch: int) -> dict:
         """Scores the fixed validation subset; writes summaries, listening copies and best/."""
@@ -1408,7 +1445,7 @@ class Run:
         si = val.get("si_sdr", math.nan)
         if math.isfinite(si) and si > self.value("best_si_sdr"):
             self.trainer.best_si_sdr.assign(si)
-            _export_best(self.trainer, self.cfg, self.dirs, epoch, val, self.validator.manifest_indices)
+            _export_best(self.trainer, self.cfg, self.dirs, epoch, val, self.validator)
         return val
 
 

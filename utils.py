@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
+import difflib
+import errno
+import glob
+import hashlib
+import io
 import logging
+import math
 import os
 import random
 import sys
@@ -81,16 +87,16 @@ def load_config(
         cfg.read(path)
     except configparser.Error as e:
         raise PipelineError(f"{path}: cannot parse config ({e.__class__.__name__})") from e
+    check_config(cfg, str(path))
     base = path.resolve().parent
     for section in cfg.sections():
         for key, value in cfg.items(section):
             if _is_path_key(section, key) and value.strip():
                 cfg.set(section, key, str((base / value.strip()).resolve()))
     for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise PipelineError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        name, value = item.split("=", 1)
-        section, key = name.split(".", 1)
+        section, key, value = split_override(item)
+        check_key(section, key, f"--set {item}", record_ok=False)
+        parse_value(section, key, value, f"--set {item}")
         if not cfg.has_section(section):
             cfg.add_section(section)
         if _is_path_key(section, key) and value.strip():
@@ -98,6 +104,31 @@ def load_config(
         cfg.set(section, key, value)
     cfg.source = str(path.resolve())  # type: ignore[attr-defined]
     return cfg
+
+
+def split_override(item: str) -> tuple[str, str, str]:
+    """(section, key, value) of a --set SECTION.KEY=VALUE."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise PipelineError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+    name, value = item.split("=", 1)
+    section, key = name.split(".", 1)
+    return section.strip(), key.strip(), value
+
+
+# Sections a trained model carries in its folder's config.ini: fixed by the weights.
+MODEL_SECTIONS = ("STFT", "features", "model", "loss")
+
+
+def refuse_model_overrides(overrides, script: str) -> None:
+    """enhance.py / evaluate.py / export.py take MODEL_SECTIONS from the model folder: a --set of one
+    of them cannot apply, so it is an error rather than silently dropped."""
+    for item in overrides:
+        section = split_override(item)[0]
+        if section in MODEL_SECTIONS:
+            raise PipelineError(
+                f"--set {item}: {script} takes [{section}] from the model folder's config.ini (what its "
+                "weights were trained with), so this cannot apply; train another model to change it"
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> configparser.ConfigParser:
@@ -137,6 +168,127 @@ def config_to_dict(cfg: configparser.ConfigParser) -> dict:
     return {s: dict(cfg.items(s)) for s in cfg.sections()}
 
 
+# ----------------------------------------------------------------------------- config schema
+#
+# The valid sections and keys are those of config.ini and data/config.ini themselves (a key added
+# there is valid everywhere at once); each key's type is read off its default value. Only what a
+# default cannot say is listed here: numbers whose default happens to be whole, lower bounds, and
+# the keys the scripts write into the configs they save as a record (never set by a user).
+
+FLOAT_KEYS = {
+    ("data", "file_length"), ("data", "SNR_lower"), ("data", "SNR_upper"),
+    ("train", "level_db_min"), ("train", "level_db_max"), ("enhance", "chunk_seconds"),
+}  # fmt: skip
+# (section, key) -> (lowest value, whether the lowest value itself is allowed)
+LOWER_BOUNDS = {
+    **{("STFT", k): (0, False) for k in ("sample_rate", "window_length", "hop_size", "n_fft")},
+    ("features", "compression"): (0, False),
+    ("loss", "power"): (0, False), ("loss", "lam"): (0, True), ("loss", "epsilon"): (0, False),
+    ("model", "lookahead_frames"): (0, True), ("model", "mask_bound"): (0, False),
+    ("train", "clip_norm"): (0, False), ("train", "validation_files"): (1, True),
+    ("train", "audio_examples"): (0, True), ("train", "crop_seconds"): (0, False),
+    ("evaluate", "workers"): (0, True), ("evaluate", "batch_size"): (1, True),
+    ("enhance", "chunk_seconds"): (0, False),
+    ("data", "sample_rate"): (0, False), ("data", "file_length"): (0, False),
+    ("data", "total_training_files"): (0, True), ("data", "total_testing_files"): (0, True),
+    ("data", "total_snrlevels"): (1, True), ("data", "workers"): (0, True),
+}  # fmt: skip
+# Written by evaluate.py (results/<run>/config.ini) and enhance.py (enhance_config.ini) to record a run.
+RECORD_KEYS = {"evaluate": {"model_dir", "limit"}, "enhance": {"model", "streaming", "channels"}}
+_BOOLEANS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
+             "off": False}  # fmt: skip
+KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _kind_of(section: str, key: str, default: str) -> str:
+    text = default.strip().lower()
+    if (section, key) in FLOAT_KEYS:
+        return "float"
+    if text in ("true", "false", "yes", "no", "on", "off"):
+        return "bool"
+    try:
+        return "int" if float(text).is_integer() and "." not in text and "e" not in text else "float"
+    except ValueError:
+        return "str"
+
+
+_SCHEMA: dict[str, dict[str, str]] = {}
+
+
+def config_schema() -> dict[str, dict[str, str]]:
+    """section -> key -> kind ("int", "float", "bool", "str") of every valid key."""
+    if not _SCHEMA:
+        for path in (DEFAULT_CONFIG, DATA_CONFIG):
+            raw = configparser.ConfigParser(interpolation=None)
+            raw.optionxform = str
+            raw.read(path)
+            for section in raw.sections():
+                keys = _SCHEMA.setdefault(section, {})
+                for key, default in raw.items(section):
+                    keys[key] = _kind_of(section, key, default)
+    return _SCHEMA
+
+
+def _closest(name: str, options) -> str:
+    """' (did you mean X?)' for the closest of options, or '' when nothing is close."""
+    options = list(options)
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if not match:  # case slips (snr_lower) are common: compare case-folded too
+        folded = {o.lower(): o for o in options}
+        match = [folded[m] for m in difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.6)]
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def check_key(section: str, key: str, where: str, record_ok: bool = True) -> None:
+    """PipelineError unless section.key is a key of the schema; names the closest valid one."""
+    schema = config_schema()
+    if section not in schema:
+        hint = _closest(f"[{section}]", [f"[{s}]" for s in schema])
+        raise PipelineError(f"{where}: unknown section [{section}]{hint}")
+    if key in schema[section] or record_ok and key in RECORD_KEYS.get(section, ()):
+        return
+    elsewhere = [f"{s}.{key}" for s in schema if key in schema[s]]
+    hint = (
+        f" (did you mean {elsewhere[0]}?)"
+        if elsewhere
+        else _closest(f"{section}.{key}", [f"{section}.{k}" for k in schema[section]])
+    )
+    raise PipelineError(f"{where}: unknown key {section}.{key}{hint}")
+
+
+def parse_value(section: str, key: str, raw: str, where: str):
+    """The value of section.key as its schema type, range-checked; else a PipelineError starting with
+    `where` (which names the file or --set, the key and the value)."""
+    kind = config_schema().get(section, {}).get(key, "str")
+    text = str(raw).strip()
+    bad = f"{where}: expected {KIND_NAMES[kind]}"
+    if kind == "str":
+        return text
+    if kind == "bool":
+        if text.lower() not in _BOOLEANS:
+            raise PipelineError(bad)
+        return _BOOLEANS[text.lower()]
+    try:
+        value = float(text)
+    except ValueError:
+        raise PipelineError(bad) from None
+    if not math.isfinite(value) or kind == "int" and not value.is_integer():
+        raise PipelineError(bad)
+    value = int(value) if kind == "int" else value
+    low = LOWER_BOUNDS.get((section, key))
+    if low is not None and (value < low[0] or value == low[0] and not low[1]):
+        raise PipelineError(f"{where}: must be {'>=' if low[1] else '>'} {low[0]}")
+    return value
+
+
+def check_config(cfg: configparser.ConfigParser, where: str) -> None:
+    """Every section and key known and every value of its type and range (see config_schema)."""
+    for section in cfg.sections():
+        for key, value in cfg.items(section):
+            check_key(section, key, where)
+            parse_value(section, key, value, f"{where}: [{section}] {key}={value.strip()!r}")
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -155,15 +307,79 @@ def atomic_write(path: Path | str, mode: str = "wb"):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # f.write's ENOSPC names no file: name it
+            e.filename = str(path)
         raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str, what: str):
+    """Holds an exclusive lock on `folder` (its hidden .lock file, removed on exit) for one run;
+    a second run into the same folder is refused with one line naming the holder."""
+    import fcntl
+
+    folder = Path(folder)
+    lock = folder / ".lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PipelineError(
+                f"{folder}: another {what} run (pid {holder}) is writing here; wait for it to finish or "
+                "choose another output folder"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:  # else the previous holder removed the file just now: lock the new one
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def remove_stale_temps(target: Path | str) -> list[Path]:
+    """Removes the hidden .NAME.XXXX.tmp files atomic_write (or enhance.py's writer) left beside
+    `target` when killed; call only while no other process can be writing `target`."""
+    target = Path(target)
+    removed = []
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
     with atomic_write(path, "wb") as f:
         np.save(f, array)
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes (a manifest's identity)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_name(name: str) -> str:
+    """A manifest's file column as compared across scripts (stripped, forward slashes)."""
+    return Path(str(name).strip()).as_posix()
 
 
 def find_audio(folder: Path | str) -> list[Path]:
@@ -214,8 +430,10 @@ def write_audio(path: Path | str, data: np.ndarray, sample_rate: int, subtype: s
     """Writes audio atomically (temp file + rename); float32 WAV by default so sums stay exact."""
     path = Path(path)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
+    buf = io.BytesIO()  # encoded in memory: libsndfile would turn a full disk into "System error"
+    sf.write(buf, np.asarray(data), sample_rate, subtype=subtype, format=fmt)
     with atomic_write(path, "wb") as f:
-        sf.write(f, np.asarray(data), sample_rate, subtype=subtype, format=fmt)
+        f.write(buf.getbuffer())
 
 
 def peak_normalize(x: np.ndarray, peak: float = 0.99) -> np.ndarray:
@@ -251,12 +469,55 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+OS_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk full (quota exceeded)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EEXIST: "exists and is not a folder",
+    errno.ENOTDIR: "not a folder (part of the path is a file)",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOENT: "not found",
+    errno.EFBIG: "file too large",
+}
+
+
+def os_error_line(e: OSError, path=None) -> str:
+    """'PATH: reason' for a filesystem error ("disk full" in those words)."""
+    where = e.filename if e.filename is not None else path
+    first = (str(e).splitlines() or [""])[0]
+    reason = OS_REASONS.get(e.errno) or e.strerror or first or type(e).__name__
+    return f"{where}: {reason}" if where is not None else reason
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """For a worker process: exit within a second of `parent_pid` going away (kill -9 too), instead of
+    running on as an orphan. A polling thread, not Linux's PR_SET_PDEATHSIG: that one fires when the
+    parent *thread* that started the worker ends, which for a process pool need not be the parent."""
+    import threading
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die_with_parent").start()
+
+
 def run_main(main_fn, argv=None) -> int:
-    """Runs a script's main, turning PipelineError into one line on stderr and exit status 2."""
+    """Runs a script's main, turning PipelineError and filesystem errors (OSError: disk full,
+    read-only, a file where a folder should be, ...) into one line on stderr and exit status 2."""
     try:
         return main_fn(argv) or 0
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

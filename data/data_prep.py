@@ -519,8 +519,10 @@ def _size(path: Path) -> int:
 _WORKER: Mixer | None = None
 
 
-def _init_worker(job: Job) -> None:
+def _init_worker(job: Job, parent_pid: int | None = None) -> None:
     global _WORKER
+    if parent_pid is not None:
+        utils.die_with_parent(parent_pid)  # a parent killed with kill -9 takes its workers with it
     _WORKER = Mixer(job)
 
 
@@ -775,7 +777,9 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStat
         else:
             # fork is fast and safe here unless TensorFlow (threads) is loaded in this process
             ctx = multiprocessing.get_context("spawn" if "tensorflow" in sys.modules else None)
-            with cf.ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(plan.job,)) as pool:
+            with cf.ProcessPoolExecutor(
+                workers, ctx, initializer=_init_worker, initargs=(plan.job, os.getpid())
+            ) as pool:
                 futures = [pool.submit(_run_chunk, chunk) for chunk in chunks]
                 try:
                     for fut in cf.as_completed(futures):

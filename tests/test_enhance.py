@@ -358,7 +358,7 @@ def test_default_model_missing_is_one_line(tmp_path, monkeypatch):
 
 
 def test_one_failing_file_does_not_stop_the_run(tmp_path, capsys, causal_dir):
-    """Any exception is one `failed: <file>: <Type>: <message>` line; the other files go on; exit 1."""
+    """Any exception is one `failed: <file>: <reason>` line; the other files go on; exit 1."""
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
     sf.write(d / "sub" / "x.wav", noisy(0.5, 14), SR, subtype="FLOAT")
@@ -367,7 +367,7 @@ def test_one_failing_file_does_not_stop_the_run(tmp_path, capsys, causal_dir):
     (tmp_path / "out" / "sub").write_text("a file where the output folder would go")  # mkdir fails
     rc, out, err = run_cli(capsys, d, "-o", tmp_path / "out", "--model", causal_dir)
     assert rc == 1
-    assert f"failed: {d / 'sub' / 'x.wav'}: FileExistsError: " in err
+    assert f"failed: {d / 'sub' / 'x.wav'}: {tmp_path / 'out' / 'sub'}: exists and is not a folder\n" in err
     assert (tmp_path / "out" / "y.wav").is_file() and "y.wav" in out
 
 
@@ -386,7 +386,11 @@ def test_writer_open_failure_leaves_no_temp(tmp_path, capsys, causal_dir, monkey
     assert rc == 1
     lines = [line for line in err.splitlines() if not line.startswith("model: ")]
     assert lines[0] == f"failed: {tmp_path / 'g.wav'}: RuntimeError: Error opening file: unsupported format"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["enhance_config.ini"]  # no .tmp
+    # no .tmp, no enhance_config.ini for a run that enhanced nothing, not even the folder it made
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    rc, _, _ = run_cli(capsys, tmp_path / "g.wav", "-o", tmp_path / "out", "--model", causal_dir)
+    assert rc == 1 and list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -443,3 +447,94 @@ def test_shorter_than_one_frame_non_causal(tmp_path, capsys):
     )
     assert rc == 0, err
     assert [sf.info(tmp_path / "out" / f"s{n}.wav").frames for n in (3, 1)] == [3, 1]
+
+
+# ----------------------------------------------------------------------------- one-line errors (issue 17)
+
+
+def run_main(capsys, *args):
+    rc = utils.run_main(enhance.main, [str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, [line for line in out.err.splitlines() if not line.startswith("model: ")]
+
+
+def _tree(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("which", ["input", "other file"])
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys, causal_dir, which):
+    sf.write(tmp_path / "a.wav", noisy(0.3, 20), SR, subtype="FLOAT")
+    (tmp_path / "b.txt").write_text("keep me")
+    before = _tree(tmp_path)
+    target = tmp_path / ("a.wav" if which == "input" else "b.txt")
+    rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", target, "--model", causal_dir)
+    kind = "an input" if which == "input" else "an existing"
+    assert rc == 2 and err == [f"error: {target}: -o must be a folder, and this is {kind} file"]
+    assert _tree(tmp_path) == before
+
+
+def test_truncated_weights_is_one_line(tmp_path, capsys, causal_dir):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(causal_dir, model_dir)
+    weights = model_dir / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    sf.write(tmp_path / "a.wav", noisy(0.3, 21), SR, subtype="FLOAT")
+    rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", tmp_path / "out", "--model", model_dir)
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {weights}: not a readable weights file (")
+    assert not (tmp_path / "out").exists()
+
+
+def test_disk_full_is_said_in_those_words(tmp_path, capsys, causal_dir, monkeypatch):
+    sf.write(tmp_path / "a.wav", noisy(0.3, 22), SR, subtype="FLOAT")
+
+    def full_disk(self, data):
+        raise sf.LibsndfileError(2)  # what libsndfile raises when write() fails: "System error."
+
+    class Statvfs:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(sf.SoundFile, "write", full_disk)
+    monkeypatch.setattr(enhance.os, "statvfs", lambda path: Statvfs)
+    rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", tmp_path / "out", "--model", causal_dir)
+    assert rc == 1
+    assert err[0] == f"failed: {tmp_path / 'a.wav'}: {tmp_path / 'out' / 'a.wav'}: disk full"
+    assert not (tmp_path / "out").exists()  # no temp file, no enhance_config.ini, no empty folder
+
+
+def test_stale_temp_of_a_killed_run_is_removed(tmp_path, capsys, causal_dir):
+    sf.write(tmp_path / "a.wav", noisy(0.3, 23), SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".a.wav.k1ll3d.tmp", out / ".enhance_config.ini.x8y9z0.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    (out / ".other.wav.abc.tmp").write_bytes(b"not ours")
+    rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", out, "--model", causal_dir)
+    assert rc == 0 and f"removed {stale[0]} (left by an interrupted run)" in err
+    assert sorted(p.name for p in out.iterdir()) == [".other.wav.abc.tmp", "a.wav", "enhance_config.ini"]
+
+
+def test_second_run_into_a_locked_folder_is_refused(tmp_path, capsys, causal_dir):
+    sf.write(tmp_path / "a.wav", noisy(0.3, 24), SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    out.mkdir()
+    with utils.folder_lock(out, "enhance.py"):  # another run holds the folder
+        rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", out, "--model", causal_dir)
+        assert rc == 2
+        held = f"another enhance.py run (pid {os.getpid()}) is writing here"
+        assert err == [f"error: {out}: {held}; wait for it to finish or choose another output folder"]
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    assert list(out.iterdir()) == []  # the lock goes with its run
+    assert run_main(capsys, tmp_path / "a.wav", "-o", out, "--model", causal_dir)[0] == 0
+
+
+def test_bad_chunk_seconds_in_the_config_file_is_one_line(tmp_path, capsys, causal_dir):
+    path = write_config(tmp_path, {"enhance": {"chunk_seconds": "thirty"}})
+    sf.write(tmp_path / "a.wav", noisy(0.3, 25), SR, subtype="FLOAT")
+    rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", tmp_path / "out", "--config", path)
+    assert rc == 2 and err == [f"error: {path}: [enhance] chunk_seconds='thirty': expected a number"]
+    assert not (tmp_path / "out").exists()

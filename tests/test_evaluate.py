@@ -174,14 +174,154 @@ def test_summary_matches_csv_and_workers_do_not_matter(test_set, tmp_path):
     assert utils.load_config(out / "config.ini").get("evaluate", "metrics") == "sdr,si_sdr,snr,stoi"
 
 
-def test_unreadable_file_is_recorded_not_fatal(test_set, tmp_path):
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "CleanSpeech_testing" / "clnsp1.wav").write_bytes(b"not audio"), "unreadable audio"),
+        (lambda d: (d / "CleanSpeech_testing" / "clnsp1.wav").unlink(), "unreadable audio"),
+        (lambda d: _rewrite(d / "CleanSpeech_testing" / "clnsp1.wav", lambda x: x[: len(x) // 2]),
+         "12000 samples, but its noisy file NoisySpeech_testing/noisy1_SNRdb_5_clnsp1.wav has 24000"),
+        (lambda d: _rewrite(d / "NoisySpeech_testing" / "noisy1_SNRdb_5_clnsp1.wav", lambda x: x * np.nan),
+         "contains NaN or Inf samples"),
+        (lambda d: _rewrite(d / "CleanSpeech_testing" / "clnsp1.wav", lambda x: x * 0), "silent"),
+        (lambda d: _rewrite(d / "Noise_testing" / "noisy1_SNRdb_5.wav", lambda x: x[:0]), "empty"),
+    ],
+)  # fmt: skip
+def test_bad_test_file_is_dropped_reported_and_counted(test_set, tmp_path, capsys, damage, reason):
+    """What STFT.py refuses is never scored: reported on stderr, counted in summary.json, n is the real n."""
     cfg, data = test_set
-    (data / "CleanSpeech_testing" / "clnsp1.wav").write_bytes(b"not audio")
-    evaluate.evaluate(cfg, None, tmp_path / "out", workers=1, oracles=["icm"], progress=False)
-    rows = _read_csv(tmp_path / "out" / "results.csv")
-    bad = [r for r in rows if r["index"] == "1"]
-    assert len(bad) == 2 and all(math.isnan(float(r["sdr"])) and "unreadable" in r["failures"] for r in bad)
-    assert all(math.isfinite(float(r["sdr"])) for r in rows if r["index"] != "1")
+    cfg.set("evaluate", "metrics", "sdr")
+    damage(data)
+    model_dir = str(_tiny_model(cfg, tmp_path))
+    argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--out", str(tmp_path / "out")]
+    rc = evaluate.main([*argv, "--no-oracles", "--workers", "1", "--model", model_dir])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    lines = [line for line in err.splitlines() if line.startswith("dropped: ")]
+    assert len(lines) == 1 and reason in lines[0] and str(data) in lines[0], err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_files"] == 2 and summary["n_dropped"] == 1 and reason in summary["dropped"][0]["reason"]
+    assert summary["results"]["noisy"]["sdr"]["n"] == 2 and summary["results"]["model"]["sdr"]["n"] == 2
+    assert "Summary (2 files, 1 dropped (see above)" in out
+    assert {r["index"] for r in _read_csv(tmp_path / "out" / "results.csv")} == {"0", "2"}
+
+
+def test_nothing_scorable_is_one_line_and_writes_nothing(test_set, tmp_path, capsys):
+    cfg, data = test_set
+    for f in (data / "CleanSpeech_testing").iterdir():
+        f.write_bytes(b"")
+    model_dir = str(_tiny_model(cfg, tmp_path))
+    argv = ["--config", cfg.source, "--out", str(tmp_path / "out"), "--no-oracles", "--workers", "1"]
+    rc = utils.run_main(evaluate.main, [*argv, "--model", model_dir])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].endswith("none of its 3 test files could be scored (see above)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_validation_files_are_excluded_by_identity_only(test_set, tmp_path, capsys):
+    """train.py's validation files, named by noisy file + manifest sha256 (or old index-only records
+    when the manifest is the model's own), are excluded; another test set is never mislabelled."""
+    cfg, data = test_set
+    manifest = data / "manifest_testing.csv"
+    tasks = evaluate.read_manifest(manifest)
+    model_dir = _tiny_model(cfg, tmp_path)
+    names = [tasks[2]["noisy_rel"], tasks[0]["noisy_rel"]]
+    sums = [utils.file_sha256(data / n) for n in names]
+    identity = {"manifest_sha256": utils.file_sha256(manifest), "noisy": names, "noisy_sha256": sums}
+    record = {"validation_manifest_indices": [2, 0], "validation_files": identity}
+    (model_dir / "metrics.json").write_text(json.dumps(record))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == {0, 2}
+    assert capsys.readouterr().err == ""
+
+    other = tmp_path / "other"  # another test set: same names, indices and manifest, other audio
+    make_test_set(other, seconds=1.0)
+    other_tasks = evaluate.read_manifest(other / "manifest_testing.csv")
+    assert [t["noisy_rel"] for t in other_tasks] == [t["noisy_rel"] for t in tasks]
+    assert evaluate.validation_exclusions(model_dir, other / "manifest_testing.csv", other_tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "differ from those in" in err[0]
+    identity["manifest_sha256"] = "0" * 64  # a manifest that differs: nothing at all is excluded
+    (model_dir / "metrics.json").write_text(json.dumps(record))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another test manifest" in err[0] and "none excluded" in err[0]
+
+    # an old metrics.json (indices only): trusted for the model's own manifest, not for another one
+    (model_dir / "metrics.json").write_text(json.dumps({"validation_manifest_indices": [0, 2]}))
+    assert evaluate.validation_exclusions(model_dir, manifest, tasks) == {0, 2}
+    assert evaluate.validation_exclusions(model_dir, other / "manifest_testing.csv", other_tasks) == set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "by manifest index only" in err[0] and "none excluded" in err[0]
+
+    # end to end on the other test set: no "without them" table
+    argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--set", f"paths.data_dir={other}"]
+    rc = evaluate.main([*argv, "--out", str(tmp_path / "out"), "--no-oracles", "--workers", "1",
+                        "--model", str(model_dir)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "validation files" not in out and "Summary (3 files" in out
+    assert "excluding_validation_files" not in json.loads((tmp_path / "out" / "summary.json").read_text())
+
+
+def test_disk_full_leaves_the_results_folder_as_it_was(test_set, tmp_path, capsys, monkeypatch):
+    cfg, _ = test_set
+    out = tmp_path / "out"
+    argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--out", str(out), "--no-oracles",
+            "--workers", "1", "--model", str(_tiny_model(cfg, tmp_path))]  # fmt: skip
+    assert utils.run_main(evaluate.main, argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = utils.atomic_write
+
+    def full(path, mode="wb"):
+        if Path(path).name == "snr_table.md":  # half way through the set
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(utils, "atomic_write", full)
+    capsys.readouterr()
+    assert utils.run_main(evaluate.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and err[-1].endswith("snr_table.md: disk full")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder
+
+
+@pytest.mark.parametrize("bad", ["snr_db", "index"])
+def test_bad_number_in_the_manifest_is_one_line(test_set, tmp_path, capsys, bad):
+    cfg, data = test_set
+    manifest = data / "manifest_testing.csv"
+    rows = _read_csv(manifest)
+    rows[1][bad] = "abc"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rc = utils.run_main(evaluate.main, ["--config", cfg.source, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {manifest}: line 3: ")
+    assert f"{bad}='abc'" in err[0] and "expected an integer and a number" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["evaluate", "STFT"])
+def test_negative_workers_refused(test_set, tmp_path, capsys, script):
+    cfg, _ = test_set
+    rc = utils.run_main(__import__(script).main, ["--config", cfg.source, "--workers", "-1"])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == "error: --workers -1: must be >= 0 (0 = one per CPU core)"
+
+
+def _rewrite(path: Path, change) -> None:
+    x, sr = sf.read(path, dtype="float32")
+    sf.write(path, change(x), sr, subtype="FLOAT")
+
+
+def _tiny_model(cfg, tmp_path) -> Path:
+    import model
+
+    folder = tmp_path / "tiny" / "best"
+    if not folder.is_dir():
+        model.save_trained(model.build_model(cfg), cfg, folder)
+    return folder
 
 
 def test_missing_inputs_are_user_errors(tmp_path):

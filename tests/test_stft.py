@@ -210,10 +210,11 @@ def test_params_from_config(tmp_config):
     ],
 )
 def test_bad_stft_settings_are_one_line(tmp_config, override, key):
-    cfg = utils.load_config(tmp_config, [override])
+    # a value of the wrong type or sign is refused by load_config (utils.config_schema), the rest by
+    # StftParams: either way one line naming the key
     with pytest.raises(utils.PipelineError, match=key) as e:
-        STFT.StftParams.from_config(cfg)
-    assert "\n" not in str(e.value) and "[STFT]" in str(e.value)
+        STFT.StftParams.from_config(utils.load_config(tmp_config, [override]))
+    assert "\n" not in str(e.value) and "STFT" in str(e.value)
 
 
 def test_whole_sample_settings_pass(tmp_config):
@@ -484,3 +485,19 @@ def test_script_main(data, capsys):
     assert "--force" in capsys.readouterr().out
     with pytest.raises(utils.PipelineError, match="manifest_testing.csv"):
         STFT.main(["--config", cfg.source])  # both splits; no test manifest here
+
+
+def test_disk_full_is_one_line_naming_the_cache_file(data, monkeypatch, capsys):
+    """os.pwrite's ENOSPC names no file: the error says which cache file and "disk full"; the old
+    cache (here: none) is kept and no temp folder is left."""
+    cfg, _ = data
+
+    def full(fd, view, pos):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(STFT.os, "pwrite", full)
+    rc = utils.run_main(STFT.main, ["--config", cfg.source, "--split", "training"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and err[-1].endswith("/noisy.npy: disk full")
+    assert ".tmp" in err[-1]  # the temp folder's file, which is gone again:
+    assert not list(STFT.cache_dir(cfg, "training").parent.glob("Training_STFT*"))

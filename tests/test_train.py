@@ -203,6 +203,12 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     feats = np.random.default_rng(0).standard_normal((1, 20, 257, 4)).astype(np.float32)
     assert np.isfinite(np.asarray(best(feats))).all()
     assert metrics_json["validation_manifest_indices"] == [0, 1]  # validation_files=2 of the test split
+    # ... and by identity, so evaluate.py never takes the first files of another test set for them
+    manifest = Path(cfg["paths"]["data_dir"]) / "manifest_testing.csv"
+    with open(manifest, newline="") as f:
+        first = [r["noisy"] for r in csv.DictReader(f)][:2]
+    identity = metrics_json["validation_files"]
+    assert identity["noisy"] == first and identity["manifest_sha256"] == utils.file_sha256(manifest)
 
     # evaluate.py scores best/ and reports the test scores without the validation files too
     import evaluate
@@ -846,3 +852,47 @@ def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
     other.set("model", "lstm_units", "24")
     with pytest.raises(utils.PipelineError, match="cannot load into this"):
         train.train(other, "other", progress=False)
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp(data_root, tmp_path, monkeypatch):
+    """TensorFlow writes ckpt-N_temp/ then renames it: a full disk leaves neither it nor a traceback;
+    one left by a killed run is removed by the next one."""
+    import tensorflow as tf
+
+    cfg = make_cfg(tmp_path, data_root, epochs=1, checkpoint_steps=1)
+    folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
+    real = tf.train.CheckpointManager.save
+
+    def full(self, checkpoint_number=None, **kw):
+        (Path(self.directory) / f"ckpt-{checkpoint_number}_temp" / "part-0").mkdir(parents=True)
+        raise tf.errors.UnknownError(None, None, "x.data-00000-of-00001; No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full)
+    rc = utils.run_main(train.main, ["--config", cfg.source, "--run-name", "run", "--no-progress"])
+    assert rc == 2
+    assert not list(folder.glob("ckpt-*_temp*"))
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
+    (folder / "ckpt-99_temp").mkdir()  # as a kill -9 while saving leaves it
+    train.train(cfg, "run", resume=True, progress=False)
+    assert not list(folder.glob("ckpt-*_temp*")) and list(folder.glob("ckpt-*.index"))
+
+
+def test_checkpoint_error_message(tmp_path, capsys):
+    import tensorflow as tf
+
+    class Run:
+        ckpt_dir = tmp_path
+
+        class manager:  # noqa: N801
+            @staticmethod
+            def save(checkpoint_number):
+                (tmp_path / "ckpt-3_temp").mkdir()
+                raise tf.errors.UnknownError(None, None, "write failed: No space left on device\nmore")
+
+        def value(self, name):
+            return 3
+
+    with pytest.raises(utils.PipelineError) as e:
+        train.Run._save_checkpoint(Run())
+    assert str(e.value) == f"{tmp_path}: checkpoint not saved: disk full"
+    assert list(tmp_path.iterdir()) == []

@@ -70,3 +70,52 @@ def test_write_audio_roundtrip_float(tmp_path):
     utils.write_audio(tmp_path / "a.wav", x, 16000)
     y, sr = sf.read(tmp_path / "a.wav", dtype="float32")
     assert sr == 16000 and np.array_equal(x, y)
+
+
+def test_worker_dies_with_its_parent(tmp_path):
+    """data_prep's pool workers call utils.die_with_parent: a parent killed with kill -9 leaves none."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        f"sys.path.insert(0, {str(utils.ROOT)!r})\n"
+        "import utils\n"
+        "def child(ppid):\n"
+        "    utils.die_with_parent(ppid)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    p = multiprocessing.get_context('fork').Process(target=child, args=(os.getpid(),))\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived its parent")
+
+
+def test_data_prep_workers_are_told_to_die_with_the_parent(monkeypatch):
+    from data import data_prep
+
+    seen = []
+    monkeypatch.setattr(utils, "die_with_parent", seen.append)
+    monkeypatch.setattr(data_prep, "Mixer", lambda job: job)
+    data_prep._init_worker("job", 4242)
+    assert seen == [4242]
