@@ -725,13 +725,23 @@ def evaluate(
     out_dir = final.parent / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
+
+    def write_page(folder: Path, summary: dict, plots: list[str]) -> None:
+        def audio_for(indices):
+            wanted = set(indices)
+            return page_audio([t for t in tasks if t["index"] in wanted], loaded, p, baseline_list, batch)
+
+        listening_page.write_page(folder, summary, rows, audio_for, p, page_examples, plots)
+
     try:
         summary = _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped,
-                                 skipped, settings, manifest)  # fmt: skip
+                                 skipped, settings, manifest, write_page)  # fmt: skip
         final.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # an older run's: never beside a half-moved set
             (final / "summary.json").unlink()
         for f in sorted(out_dir.iterdir(), key=lambda f: f.name == "summary.json"):  # summary.json last
+            if f.is_dir() and (final / f.name).is_dir():  # the page's listen/: replaced whole
+                shutil.rmtree(final / f.name)
             os.replace(f, final / f.name)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -757,7 +767,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped, skipped,
-                   settings, manifest) -> dict:  # fmt: skip
+                   settings, manifest, write_page) -> dict:  # fmt: skip
     write_results_csv(out_dir / "results.csv", rows, names)
     summary = {
         "n_files": len(tasks) - len(dropped),
@@ -801,14 +811,7 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
     utils.save_config(resolved, out_dir / "config.ini")
     if model_dir is not None:
         utils.save_config(mcfg, out_dir / "model_config.ini")
-
-    def audio_for(indices):
-        wanted = set(indices)
-        return page_audio([t for t in tasks if t["index"] in wanted], loaded, p, baseline_list, batch)
-
-    listening_page.write_page(
-        out_dir, summary, rows, audio_for, p, page_examples, [path.name for path in plots]
-    )
+    write_page(out_dir, summary, [path.name for path in plots])
     with utils.atomic_write(out_dir / "summary.json", "w") as f:  # last: marks a complete run
         json.dump(_json_safe(summary), f, indent=2)
     summary["snr_table"] = table

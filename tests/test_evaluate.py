@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import ROOT, SR, make_test_set, noise_like, speech_like, write_config
 
 import evaluate
@@ -268,7 +269,7 @@ def test_disk_full_leaves_the_results_folder_as_it_was(test_set, tmp_path, capsy
     argv = ["--config", cfg.source, "--set", "evaluate.metrics=sdr", "--out", str(out), "--no-oracles",
             "--workers", "1", "--model", str(_tiny_model(cfg, tmp_path))]  # fmt: skip
     assert utils.run_main(evaluate.main, argv) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     real = utils.atomic_write
 
     def full(path, mode="wb"):
@@ -281,7 +282,7 @@ def test_disk_full_leaves_the_results_folder_as_it_was(test_set, tmp_path, capsy
     assert utils.run_main(evaluate.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and err[-1].endswith("snr_table.md: disk full")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old set
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder
 
 
