@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     run([py, "train.py", *sets(train_sets), "--run-name", args.run_name, "--overwrite"])
     results = workdir / "results" / args.run_name
     model_dir = workdir / "cp" / args.run_name / "best"
-    run([py, "evaluate.py", *sets(train_sets), "--model", model_dir, "--out", results])
+    run([py, "evaluate.py", *sets(paths), "--model", model_dir, "--out", results])  # [model] is the folder's
     noisy = sorted((data_dir / "NoisySpeech_testing").glob("*.wav"))[:3]
     enhanced = workdir / "enhanced"  # the original repo's ./enhanced
     run([py, "enhance.py", *map(str, noisy), "-o", enhanced, "--model", model_dir, *sets(paths)])
