@@ -7,7 +7,8 @@ Dependencies flow one way: enhance.py and export.py import this module; it impor
     step_meta(cfg)                   what TFLiteRunner needs (states, lookahead, shapes), from a config
     cached_step(model, cfg, kind, folder)
                                      the step converted on first use and cached beside the weights,
-                                     keyed by a hash of the weights + config + kind + converter version
+                                     keyed by a hash of the weights + config + kind + converter version;
+                                     its states packed in one tensor (one copy per frame: step_meta)
 
 Kinds: "float32"; "dynamic_int8" (dynamic-range quantization: int8 weights, float activations).
 """
@@ -26,7 +27,7 @@ import numpy as np
 import utils
 
 KINDS = ("float32", "dynamic_int8")
-CACHE_VERSION = 1  # bump when the conversion changes: every cached step is then rebuilt
+CACHE_VERSION = 2  # (2: packed states) bump when the conversion changes: every cached step is then rebuilt
 CACHE_PREFIX = "streaming_step"
 PROJECT = "speech-enhancement-wilson2018"
 
@@ -38,8 +39,13 @@ def state_names(n_layers: int) -> list[str]:
 # ----------------------------------------------------------------------------- conversion (needs TF)
 
 
-def step_function(model, cfg):
-    """tf.function(frame, h_0, c_0, ...) -> {"mask", "h_0_out", ...} running model.streaming_step_model."""
+def step_function(model, cfg, packed: bool = False):
+    """tf.function(frame, h_0, c_0, ...) -> {"mask", "h_0_out", ...} running model.streaming_step_model.
+
+    packed=True: all the states in one tensor, tf.function(frame, state (1, 2 * layers * units)) ->
+    {"mask", "state_out"} (h_0, c_0, h_1, ... concatenated): one state copy per frame instead of one per
+    state (enhance.py's cached step; export.py keeps the named states of its documented signature).
+    """
     import model as M
 
     tf = M.tf
@@ -48,6 +54,14 @@ def step_function(model, cfg):
     step = M.streaming_step_model(model, cfg)
     names = state_names(p.lstm_layers)
     specs = [tf.TensorSpec((1, n_bins, channels), tf.float32, name="frame")]
+    if packed:
+        specs.append(tf.TensorSpec((1, len(names) * p.lstm_units), tf.float32, name="state"))
+
+        def fn(frame, state):
+            out = step([frame, *tf.split(state, len(names), axis=-1)], training=False)
+            return {"mask": out[0], "state_out": tf.concat(out[1:], axis=-1)}
+
+        return tf.function(fn, input_signature=specs), specs
     specs += [tf.TensorSpec((1, p.lstm_units), tf.float32, name=n) for n in names]
 
     def fn(*args):
@@ -57,7 +71,7 @@ def step_function(model, cfg):
     return tf.function(fn, input_signature=specs), specs
 
 
-def convert(model, cfg, kind: str = "float32") -> bytes:
+def convert(model, cfg, kind: str = "float32", packed: bool = False) -> bytes:
     """The streaming step as a TFLite flatbuffer: float32, or dynamic-range int8 weights.
 
     The variables are frozen into constants first: a converted graph that still reads resource
@@ -70,7 +84,7 @@ def convert(model, cfg, kind: str = "float32") -> bytes:
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: choose from {', '.join(KINDS)}")
     tf = M.tf
-    step, specs = step_function(model, cfg)
+    step, specs = step_function(model, cfg, packed)
     concrete = step.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
 
@@ -118,8 +132,9 @@ def litert_missing() -> str | None:
     return None
 
 
-def step_meta(cfg) -> dict:
-    """The part of export.py's metadata.json that TFLiteRunner reads, from a model config."""
+def step_meta(cfg, packed: bool = True) -> dict:
+    """The part of export.py's metadata.json that TFLiteRunner reads, from a model config (for a step
+    converted with `packed` states, as cached_step does)."""
     import model as M
     import STFT
 
@@ -134,7 +149,16 @@ def step_meta(cfg) -> dict:
             "states": [
                 {"input": n, "output": f"{n}_out", "shape": [1, p.lstm_units], "initial": "zeros"}
                 for n in state_names(p.lstm_layers)
-            ],
+            ]
+            if not packed
+            else [
+                {
+                    "input": "state",
+                    "output": "state_out",
+                    "shape": [1, 2 * p.lstm_layers * p.lstm_units],
+                    "initial": "zeros",
+                }
+            ],  # fmt: skip
         },
     }
 
@@ -254,7 +278,7 @@ def cached_step(model, cfg, kind: str = "float32", model_dir: Path | str | None 
             continue
         if data is None:
             log(f"converting the model to a TFLite {kind} streaming step (once; cached as {folder / name})")
-            data = convert(model, cfg, kind)
+            data = convert(model, cfg, kind, packed=True)
         try:
             with utils.atomic_write(folder / name, "wb") as f:
                 f.write(data)

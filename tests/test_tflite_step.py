@@ -26,9 +26,9 @@ def counted_convert(monkeypatch):
     calls = []
     real = tflite_step.convert
 
-    def convert(model, cfg, kind="float32"):
+    def convert(model, cfg, kind="float32", packed=False):
         calls.append(kind)
-        return real(model, cfg, kind)
+        return real(model, cfg, kind, packed)
 
     monkeypatch.setattr(tflite_step, "convert", convert)
     return calls
@@ -48,6 +48,7 @@ def test_default_stream_is_tflite_and_equals_keras_step(tmp_path, lookahead, use
     assert lite.engine == "tflite"
     runner = lite.runner(streaming=True)
     assert isinstance(runner, tflite_step.TFLiteRunner)  # the default streaming path is the TFLite step
+    assert len(runner._states) == 1  # its states packed in one tensor: one copy per frame
     # Masks, frame by frame (states carried), on feature frames of a real-looking signal.
     import STFT
 
@@ -116,7 +117,7 @@ def test_cli_engine_keras_equals_default(tmp_path, capsys, user_cache):
     x = noisy(1.2037, 42)
     sf.write(tmp_path / "a.wav", x, SR, subtype="FLOAT")
     outs = {}
-    for engine in ("tflite", "keras"):
+    for engine in ("tflite", "keras", "tflite-int8"):
         out = tmp_path / engine
         rc, _, err = run_cli(capsys, tmp_path / "a.wav", "-o", out, "--model", folder, "--streaming",
                              "--engine", engine)  # fmt: skip
@@ -124,6 +125,30 @@ def test_cli_engine_keras_equals_default(tmp_path, capsys, user_cache):
         assert f"engine = {engine}" in (out / "enhance_config.ini").read_text()
         outs[engine], _ = sf.read(out / "a.wav", dtype="float32")
     np.testing.assert_allclose(outs["tflite"], outs["keras"], atol=ATOL, rtol=0)
+    assert 1e-6 < np.abs(outs["tflite-int8"] - outs["tflite"]).max() < 0.05  # the int8 step: close
     with pytest.raises(SystemExit):
         enhance.main([str(tmp_path / "a.wav"), "-o", str(tmp_path / "x"), "--engine", "onnx"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_evaluate_engine_streams_the_tflite_step(tmp_path, user_cache):
+    """evaluate.py --engine tflite: each file streamed through the step, equal to the Keras estimate."""
+    from conftest import make_test_set
+
+    import evaluate
+    import STFT
+
+    folder = make_model(tmp_path / "m", lookahead_frames=1)
+    make_test_set(tmp_path / "data")
+    tasks = evaluate.read_manifest(tmp_path / "data" / "manifest_testing.csv")
+    _, cfg = M.load_trained(folder)
+    p = STFT.StftParams.from_config(cfg)
+    est = {}
+    for engine in ("keras", "tflite", "tflite-int8"):
+        loaded = evaluate._load_model(folder, engine)
+        est[engine] = [y for _, y, _ in evaluate._model_outputs(loaded, tasks, SR, p, 8)]
+    assert evaluate._load_model(folder, "tflite")[3].step_path().name.startswith("streaming_step_float32-")
+    for a, b in zip(est["tflite"], est["keras"]):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    diff = max(np.abs(a - b).max() for a, b in zip(est["tflite-int8"], est["keras"]))
+    assert 1e-6 < diff < 0.05  # int8 weights: close, not identical
