@@ -152,3 +152,21 @@ def test_evaluate_engine_streams_the_tflite_step(tmp_path, user_cache):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
     diff = max(np.abs(a - b).max() for a, b in zip(est["tflite-int8"], est["keras"]))
     assert 1e-6 < diff < 0.05  # int8 weights: close, not identical
+
+
+def test_readme_live_source_example(tmp_path, monkeypatch, user_cache):
+    """The README's Enhancer.stream() example, run as written on a tiny model: equals offline."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def microphone" in b)
+    folder = make_model(tmp_path / "m", lookahead_frames=2)
+    x = noisy(1.3037, 43)
+    sf.write(tmp_path / "noisy_16k.wav", x, SR, subtype="FLOAT")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(enhance, "default_model_dir", lambda cfg=None: folder)
+    scope = {}
+    exec(code.replace("Enhancer.from_pretrained()", f"Enhancer.from_pretrained({str(folder)!r})"), scope)
+    assert scope["enh"].engine == "tflite"
+    np.testing.assert_allclose(scope["enhanced"], scope["enh"](x), atol=ATOL, rtol=0)
