@@ -834,7 +834,6 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
         resolved.add_section("evaluate")
     resolved.set("evaluate", "model_dir", str(model_dir or ""))
     resolved.set("evaluate", "limit", str(limit or ""))
-    resolved.set("evaluate", "engine", str(settings["engine"] or ""))
     utils.save_config(resolved, out_dir / "config.ini")
     if model_dir is not None:
         utils.save_config(mcfg, out_dir / "model_config.ini")
