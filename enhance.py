@@ -1,6 +1,7 @@
 """Denoises audio files with a trained model: offline (chunked, bounded memory) or streaming.
 
-    python enhance.py noisy.wav more/ -o out/ [--model cp/NAME/best] [--streaming] [--channels each]
+    python enhance.py noisy.wav more/ -o out/ [--model cp/NAME/best] [--streaming [--engine keras]]
+                      [--channels each]
 
 Inputs are files or folders (searched recursively for the extensions of every format libsndfile reads:
 .wav .flac .ogg .aiff .au .mp3 ...), at any sample rate (resampled to the model's rate with soxr and
@@ -16,8 +17,12 @@ How a file is processed
         tail across blocks: the output equals whole-file processing (to float rounding) and memory
         does not grow with the file length.
     causal model, --streaming: the same chain fed 10-ms blocks, the model run frame by frame with its
-        state (`HopStream` over model.StreamingMask, or over the TFLite step with --tflite), exactly as
-        a real-time system would; it equals the offline output.
+        state (`HopStream`), exactly as a real-time system would; it equals the offline output. The
+        network step is, by default, a TFLite model converted from the weights on first use and cached
+        beside them (tflite_step.cached_step: keyed by a hash of weights + config, rebuilt when stale; a
+        read-only model folder falls back to ~/.cache/.../tflite), run by LiteRT; --engine keras runs
+        the Keras step instead (model.StreamingMask; same output to float rounding, ~5x slower), and
+        --tflite DIR an export.py folder.
     bidirectional / seed models: they need the whole file at once; it is read into memory (no chunking
         is possible because the network looks at the future of every frame).
 
@@ -32,7 +37,8 @@ Python API
     enh = Enhancer.from_pretrained("cp/NAME/best")        # or Enhancer.from_pretrained() (default model)
     clean = enh(noisy, sr)                                   # (N,) or (N, channels) at any rate; causal
                                                              # models in chunk_seconds blocks (bounded memory)
-    stream = enh.stream()                                    # real-time, at enh.sample_rate
+    stream = enh.stream()                                    # real-time, at enh.sample_rate (TFLite step;
+                                                             # Enhancer.from_pretrained(p, engine="keras"))
     out = [stream.process(chunk) for chunk in chunks]        # any chunk sizes, even 1 sample
     out.append(stream.flush())                               # concat(out)[stream.delay:] == enh(x)
 """
@@ -54,17 +60,18 @@ import numpy as np
 import soundfile as sf
 
 import STFT
+import tflite_step
 import utils
 
 # ----------------------------------------------------------------------------- mask runners
 # Two kinds of runner turn feature frames into mask frames, oldest first. With lookahead L the network's
 # output n is the mask of frame n - L: the first L outputs are dropped and L zero frames are fed at the
 # end, exactly as model.build_model pads and crops a whole clip.
-#   frame runners (HopStream; model.StreamingMask, export.TFLiteRunner): one frame per call, as in real time
+#   frame runners (HopStream; model.StreamingMask, tflite_step.TFLiteRunner): one frame per call (real time)
 #     step(features (F, C)) -> mask (F, 2) float32 of frame n - L, or None while the lookahead fills
 #     flush() -> the remaining masks, a list or (m, F, 2) array (feeds the L zero frames), then resets;
 #     reset()
-#   block runners (FrameStream; KerasChunkRunner, export.TFLiteRunner): many frames per call, offline
+#   block runners (FrameStream; KerasChunkRunner, tflite_step.TFLiteRunner): many frames per call, offline
 #     push(features (k, F, C)) -> masks (m, F, 2) for the oldest frames whose mask is now known
 #     flush() -> masks (m, F, 2) of every remaining frame, then resets; reset()
 
@@ -311,6 +318,8 @@ class HopStream:
         self.frame = np.zeros(sp.win_length, np.float32)  # the samples of the frame being filled
         self.padded = np.zeros(sp.n_fft, np.float32)  # windowed frame, zero-padded to n_fft
         self.feats = np.zeros((sp.n_bins, fp.channels), np.float32)
+        self._eps2 = np.float32(1e-24)  # STFT.compress eps (1e-12), squared: still a normal float32
+        self._half_p1 = np.float32((fp.compression - 1.0) / 2.0)
         self.reset()
 
     def reset(self) -> None:
@@ -367,19 +376,35 @@ class HopStream:
         return _EMPTY if mask is None else self._synthesise(mask)
 
     def _features(self, X: np.ndarray) -> None:
-        """STFT.features of frame X (previous frame self.prev) into self.feats, in a few vector ops."""
+        """STFT.features of frame X (previous frame self.prev) into self.feats, in a few vector ops.
+
+        The per-frame path avoids transcendental passes where it can (profiled: they were a third of
+        the numpy time per hop): |X|^p / max(|X|, eps) as one power of |X|^2, and cos/sin of the delta
+        phase as Re/Im of X conj(X[t-1]) over its modulus instead of angle() then cos() and sin(). Equal
+        to STFT.features to float32 rounding (tests/test_enhance.py::test_hop_stream_*).
+        """
         fp = self.fp
-        Xc = STFT.compress(X, fp.compression)
-        self.feats[:, :2] = Xc.view(np.float32).reshape(-1, 2)  # (Re, Im) pairs
+        re, im = X.real, X.imag
+        m2 = re * re + im * im
+        # |X|^p / max(|X|, eps) == max(|X|^2, eps^2)^((p-1)/2) for |X| >= eps (below: |Xc| < eps^p anyway)
+        scale = np.power(np.maximum(m2, self._eps2), self._half_p1, dtype=np.float32)
+        np.multiply(re, scale, out=self.feats[:, 0])
+        np.multiply(im, scale, out=self.feats[:, 1])
         if fp.delta_phase:
             if self.prev is None:  # dphi[0] = 0 by definition (angle(X * conj(0)) could be pi)
                 self.feats[:, 2:] = (1.0, 0.0)
-            else:
-                d = np.angle(X * self.prev.conj())
-                if fp.deviation:
-                    d = STFT.wrap(d - self.advance).astype(np.float32)
+            elif fp.deviation:
+                d = STFT.wrap(np.angle(X * self.prev.conj()) - self.advance).astype(np.float32)
                 np.cos(d, out=self.feats[:, 2])
                 np.sin(d, out=self.feats[:, 3])
+            else:
+                z = X * self.prev.conj()
+                r = np.hypot(z.real, z.imag)
+                zero = r == 0  # angle(0) = 0: cos 1, sin 0
+                r[zero] = 1.0
+                np.divide(z.real, r, out=self.feats[:, 2])
+                np.divide(z.imag, r, out=self.feats[:, 3])
+                self.feats[zero, 2] = 1.0
         self.prev = X
 
     def _synthesise(self, mask: np.ndarray) -> np.ndarray:
@@ -640,31 +665,64 @@ class BaseEnhancer:
                 "sample_rate": info.samplerate, "channels": out_channels, "subtype": subtype}  # fmt: skip
 
 
-class Enhancer(BaseEnhancer):
-    """A trained Keras model (model.save_trained folder) ready to denoise waveforms, files and streams."""
+# engine -> TFLite step kind (None: the Keras step). tflite-int8: dynamic-range int8 weights.
+ENGINES = {"tflite": "float32", "keras": None, "tflite-int8": "dynamic_int8"}
+# int8 is offered: scored on the 168 held-out test mixtures (README, "int8") it moves SI-SDR by
+# -0.003 dB and PESQ by +0.0002 against float32, within the 0.1 dB / 0.02 bar.
+CLI_ENGINES = ("tflite", "keras", "tflite-int8")
+DEFAULT_ENGINE = "tflite"
 
-    def __init__(self, model, cfg, source: str = ""):
+
+class Enhancer(BaseEnhancer):
+    """A trained Keras model (model.save_trained folder) ready to denoise waveforms, files and streams.
+
+    engine picks the network of the streaming path (stream(), --streaming): "tflite" (default) = the
+    one-frame step converted to TFLite on first use, cached beside the weights (tflite_step.cached_step)
+    and run by LiteRT, equal to the Keras step to float32 rounding (masks within 1e-4; see
+    tests/test_enhance.py); "keras" = the Keras step (model.StreamingMask), ~5x slower per frame.
+    Offline processing (__call__, files without --streaming) always runs Keras on whole blocks.
+    """
+
+    def __init__(self, model, cfg, source: str = "", engine: str = DEFAULT_ENGINE):
         import model as M
 
-        self.model, self.cfg, self.source = model, cfg, source
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r}: choose from {', '.join(ENGINES)}")
+        self.model, self.cfg, self.source, self.engine = model, cfg, source, engine
         self.sp, self.fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
         params = M.ModelParams.from_config(cfg)
         self.causal = params.causal
         self.lookahead = params.lookahead_frames if self.causal else 0
         self._chunk_fn = None
+        self._step_path = None
 
     @classmethod
-    def from_pretrained(cls, path=None) -> Enhancer:
+    def from_pretrained(cls, path=None, engine: str = DEFAULT_ENGINE) -> Enhancer:
         """Loads a folder written by model.save_trained (default: see default_model_dir)."""
         import model as M
 
         path = Path(path) if path is not None else default_model_dir()
         model, cfg = M.load_trained(path)
-        return cls(model, cfg, str(path))
+        return cls(model, cfg, str(path), engine)
+
+    def step_path(self) -> Path:
+        """The cached TFLite step of this engine (converted now if it is not cached yet)."""
+        if self._step_path is None:
+            self._require_causal("a TFLite streaming step")
+            folder = Path(self.source) if self.source else None
+            if folder is not None and not (folder / "model.weights.h5").is_file():
+                folder = None  # not a model folder: the user cache
+            self._step_path = tflite_step.cached_step(self.model, self.cfg, ENGINES[self.engine], folder)
+        return self._step_path
 
     def runner(self, streaming: bool):
         self._require_causal("streaming" if streaming else "chunked processing")
         if streaming:
+            if self.engine != "keras" and (why := tflite_step.litert_missing()):
+                print(f"{why}: streaming with the Keras step (slower)", file=sys.stderr)
+                self.engine = "keras"
+            if self.engine != "keras":
+                return tflite_step.TFLiteRunner(self.step_path(), tflite_step.step_meta(self.cfg))
             import model as M
 
             return M.StreamingMask(self.model, self.cfg)
@@ -678,6 +736,62 @@ class Enhancer(BaseEnhancer):
 
         S_hat = M.enhance_spectrogram(self.model, STFT.stft(x, self.sp), self.cfg)
         return STFT.istft(S_hat, self.sp, length=x.shape[-1])
+
+
+EXPORT_METADATA = "metadata.json"
+
+
+class TFLiteEnhancer(BaseEnhancer):
+    """Enhances waveforms, streams and files with a TFLite streaming model written by export.py (LiteRT,
+    no TensorFlow).
+
+    Everything outside the network (STFT, features, complex product, iSTFT, lookahead delay, chunking)
+    is this module's, so its output equals the Keras model's to float32 rounding.
+    """
+
+    def __init__(self, path, quantized: bool = False, num_threads: int = 1):
+        import json
+
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        meta_file = folder / EXPORT_METADATA
+        if not meta_file.is_file():
+            raise utils.PipelineError(f"{meta_file}: not found (expected a folder written by export.py)")
+        self.meta = json.loads(meta_file.read_text())
+        if not self.meta.get("tflite"):
+            raise utils.PipelineError(
+                f"{folder}: {self.meta.get('tflite_skipped', 'no TFLite model exported')}"
+            )
+        files = self.meta["tflite"]["files"]
+        if path.is_dir():
+            key = "dynamic_range_int8" if quantized else "float32"
+            if key not in files:
+                raise utils.PipelineError(f"{folder}: no {key} model (export with --quantize)")
+            path = folder / files[key]
+        if not path.is_file():
+            raise utils.PipelineError(f"{path}: not found")
+        self.path, self.num_threads = path, num_threads
+        s, f = self.meta["stft"], self.meta["features"]
+        self.sp = STFT.StftParams(s["sample_rate"], s["win_length"], s["hop"], s["n_fft"])
+        self.fp = STFT.FeatureParams(f["compression"], f["delta_phase"], f["deviation"])
+        self.causal, self.lookahead = True, int(self.meta["lookahead_frames"])
+        self.source = str(path)
+        config = folder / "config.ini"
+        self.cfg = utils.load_config(config) if config.is_file() else None
+
+    @classmethod
+    def from_export(cls, path, quantized: bool = False, num_threads: int = 1) -> TFLiteEnhancer:
+        return cls(path, quantized, num_threads)
+
+    def runner(self, streaming: bool = True) -> tflite_step.TFLiteRunner:
+        return tflite_step.TFLiteRunner(self.path, self.meta, self.num_threads)  # frame and block runner
+
+    def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for channel in x:
+            stream = self.frame_stream(streaming=False)
+            out.append(np.concatenate([stream.process(channel), stream.flush()]))
+        return np.stack(out)
 
 
 def _downmix(x: np.ndarray, channels: str) -> np.ndarray:
@@ -829,12 +943,10 @@ def plan_outputs(found: list[tuple[Path, Path]], outdir: Path) -> tuple[list[tup
 
 def _load(args, cfg):
     if args.tflite:
-        import export
-
-        return export.TFLiteEnhancer.from_export(args.tflite)
+        return TFLiteEnhancer.from_export(args.tflite)
     folder = args.model or default_model_dir(cfg)
     print(f"model: {folder}", file=sys.stderr)
-    return Enhancer.from_pretrained(folder)
+    return Enhancer.from_pretrained(folder, engine=args.engine)
 
 
 def main(argv=None) -> int:
@@ -865,6 +977,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--streaming", action="store_true", help="run the model frame by frame (causal models)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=CLI_ENGINES,
+        default=DEFAULT_ENGINE,
+        help="the network of --streaming: tflite = the one-frame step converted to TFLite on first use "
+        "and cached beside the weights (else in ~/.cache), run by LiteRT (default); keras = the "
+        "Keras step (slower, same output to float rounding); tflite-int8 = dynamic-range int8 "
+        "weights (fastest; quality within 0.01 dB SI-SDR of float32, README)",
     )
     parser.add_argument(
         "--channels",
@@ -963,7 +1084,12 @@ def _run_config(cfg, enhancer, args):
         run.read_dict(utils.config_to_dict(enhancer.cfg))
     section = dict(cfg.items("enhance")) if cfg.has_section("enhance") else {}
     section.update(
-        {"model": str(enhancer.source), "streaming": str(args.streaming), "channels": args.channels}
+        {
+            "model": str(enhancer.source),
+            "streaming": str(args.streaming),
+            "channels": args.channels,
+            "engine": getattr(enhancer, "engine", "tflite (exported)"),
+        }
     )
     run["enhance"] = section
     return run

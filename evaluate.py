@@ -339,7 +339,7 @@ def resolve_model_dir(cfg, model: Path | None, run: str | None) -> tuple[Path, s
     return utils.get_path(cfg, "checkpoint_dir") / run / "best", run
 
 
-def _load_model(model_dir: Path):
+def _load_model(model_dir: Path, engine: str = "keras"):
     if not (model_dir / "model.weights.h5").is_file():
         raise utils.PipelineError(
             f"{model_dir}: no trained model here (model.weights.h5 missing; train first)"
@@ -347,13 +347,35 @@ def _load_model(model_dir: Path):
     utils.quiet_tensorflow()
     import model as model_lib
 
-    return model_lib, *model_lib.load_trained(model_dir)
+    net, mcfg = model_lib.load_trained(model_dir)
+    if engine == "keras":
+        return model_lib, net, mcfg, None
+    import enhance
+
+    enh = enhance.Enhancer(net, mcfg, str(model_dir), engine)
+    enh.step_path()  # converted (or found in the cache) before scoring starts
+    return model_lib, net, mcfg, enh
+
+
+def _streamed(enh, noisy: np.ndarray) -> np.ndarray:
+    """The file through enh's streaming path (TFLite step frame by frame, as enhance.py --streaming)."""
+    stream = enh.frame_stream(streaming=True)
+    return np.concatenate([stream.process(noisy), stream.flush()])
 
 
 def _model_outputs(loaded, tasks, sr, p, batch_size):
     """Yields (task, estimate or None, error) in order; equal-length files share a batch (exact:
-    no padding between utterances, so even a bidirectional model sees each file alone)."""
-    model_lib, net, mcfg = loaded
+    no padding between utterances, so even a bidirectional model sees each file alone). A TFLite
+    engine streams each file through its step instead (--engine)."""
+    model_lib, net, mcfg, enh = loaded
+    if enh is not None:
+        for task in tasks:
+            try:
+                noisy, _ = utils.read_audio(task["noisy"], sr)
+                yield task, _streamed(enh, noisy).astype(np.float32), None
+            except Exception as e:  # as a failed batch: recorded as missing, the rest go on
+                yield task, None, f"model inference ({enh.engine}): {type(e).__name__}: {str(e)[:150]}"
+        return
 
     def flush(batch):
         try:
@@ -630,12 +652,14 @@ def evaluate(
     baselines=(),
     progress: bool = True,
     page_examples: int | str | None = 3,
+    engine: str = "keras",
 ) -> dict:
     """Scores the test split and writes results.csv, summary.json, snr_table.md, plots and config.
 
     model_dir None scores only noisy / oracles / baselines. oracles: True = [evaluate] oracles, False
     or () = none, or a list of names. Baselines that are not installed are reported and skipped.
     page_examples: files per input SNR with players on index.html; None or "all" = every file.
+    engine: how "model" runs: keras (whole clip) or a TFLite step of enhance.ENGINES (streamed).
     Returns the summary dict (also written to summary.json).
     """
     from tqdm import tqdm
@@ -669,11 +693,12 @@ def evaluate(
         "baselines": baseline_list,
         "with_model": model_dir is not None,
         "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=math.inf),
+        "engine": engine if model_dir is not None else None,
     }
     batch = cfg.getint("evaluate", "batch_size", fallback=8)
     loaded = None
     if model_dir is not None:
-        loaded = _load_model(model_dir)  # before the workers start: a bad model fails fast
+        loaded = _load_model(model_dir, engine)  # before the workers start: a bad model fails fast
         inputs = _model_outputs(loaded, tasks, p.sample_rate, p, batch)
     else:
         inputs = ((t, None, None) for t in tasks)
@@ -774,6 +799,7 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
         "n_dropped": len(dropped),
         "dropped": [{"noisy_file": r["noisy_file"], "reason": r["dropped"]} for r in dropped],
         "model_dir": str(model_dir) if model_dir is not None else None,
+        "engine": settings["engine"],
         "systems": systems,
         "metrics": names,
         "ci_method": CI_METHOD,
@@ -840,6 +866,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-oracles", action="store_true", help="skip the oracle masks")
     parser.add_argument(
+        "--engine",
+        default="keras",
+        choices=("keras", "tflite", "tflite-int8"),
+        help="how the model runs: keras = whole clip (default); tflite / tflite-int8 = each file streamed "
+        "through the TFLite float32 / dynamic-range int8 step, as enhance.py --streaming (causal models)",
+    )
+    parser.add_argument(
         "--page-examples",
         default="3",
         metavar="N|all",
@@ -864,7 +897,7 @@ def main(argv=None) -> int:
     page_examples = listening_page.parse_examples(args.page_examples)  # a typo fails before scoring
     summary = evaluate(
         cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines,
-        page_examples=page_examples,
+        page_examples=page_examples, engine=args.engine,
     )  # fmt: skip
     print(summary["snr_table"])
     dropped = f", {summary['n_dropped']} dropped (see above)" if summary["n_dropped"] else ""

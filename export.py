@@ -11,7 +11,7 @@ Writes into --out:
     model_float32.tflite       causal models only: the streaming step, frame (1, F, C) + states h_i, c_i
                                (1, units) in -> mask (1, F, 2) + h_i_out, c_i_out out. The STFT, the features,
                                the complex product and the iSTFT stay outside the graph (as DTLN does), in
-                               numpy (`TFLiteEnhancer` below, `enhance.py --tflite DIR`).
+                               numpy (`enhance.TFLiteEnhancer`, `enhance.py --tflite DIR`).
     model_dynamic_int8.tflite  with --quantize: the same with dynamic-range int8 weights.
     metadata.json              tensor names and shapes, state pairs, lookahead, STFT and feature settings.
     config.ini                 the model's resolved config.
@@ -36,37 +36,20 @@ import numpy as np
 
 import enhance
 import STFT
+import tflite_step
 import utils
 
 FLOAT_FILE = "model_float32.tflite"
 QUANT_FILE = "model_dynamic_int8.tflite"
-METADATA = "metadata.json"
+METADATA = enhance.EXPORT_METADATA
 
 
 # ----------------------------------------------------------------------------- export (needs TensorFlow)
 
-
-def _state_names(n_layers: int) -> list[str]:
-    return [f"{s}_{i}" for i in range(n_layers) for s in "hc"]
-
-
-def _step_function(model, cfg):
-    """tf.function(frame, h_0, c_0, ...) -> {"mask", "h_0_out", ...} running model.streaming_step_model."""
-    import model as M
-
-    tf = M.tf
-    p = M.ModelParams.from_config(cfg)
-    n_bins, channels = M.feature_shape(cfg)
-    step = M.streaming_step_model(model, cfg)
-    names = _state_names(p.lstm_layers)
-    specs = [tf.TensorSpec((1, n_bins, channels), tf.float32, name="frame")]
-    specs += [tf.TensorSpec((1, p.lstm_units), tf.float32, name=n) for n in names]
-
-    def fn(*args):
-        out = step(list(args), training=False)
-        return {"mask": out[0], **{f"{n}_out": s for n, s in zip(names, out[1:])}}
-
-    return tf.function(fn, input_signature=specs), specs
+_state_names = tflite_step.state_names
+_step_function = tflite_step.step_function
+TFLiteRunner = tflite_step.TFLiteRunner  # (kept importable from here)
+TFLiteEnhancer = enhance.TFLiteEnhancer
 
 
 def _clip_function(model, cfg):
@@ -139,28 +122,7 @@ def _signature_info(fn) -> dict:
 
 def convert_tflite(model, cfg, quantize: bool) -> bytes:
     """The streaming step as a TFLite flatbuffer (float32, or dynamic-range int8 weights)."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    import model as M
-
-    tf = M.tf
-    step, specs = _step_function(model, cfg)
-    concrete = step.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete)  # weights -> constants (see the module docstring)
-
-    def fn(*args):  # re-wrapped so the TFLite signature keeps the input and output names
-        flat = frozen(*args)
-        return {
-            k: tf.identity(v) for k, v in tf.nest.pack_sequence_as(concrete.structured_outputs, flat).items()
-        }
-
-    wrapped = tf.function(fn, input_signature=specs)
-    module = tf.Module()
-    module.fn = wrapped
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([wrapped.get_concrete_function()], module)
-    if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return converter.convert()
+    return tflite_step.convert(model, cfg, "dynamic_int8" if quantize else "float32")
 
 
 def export(model_dir, out, quantize: bool = False) -> dict:
@@ -243,124 +205,8 @@ def _tflite_io(path: Path) -> dict:
     }  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- TFLite inference (no TF)
-
-
 def _interpreter(path: Path, num_threads: int = 1):
-    """A LiteRT interpreter with its default XNNPACK delegate, which takes the whole step graph (every op).
-
-    Measured on one core (EPYC, default model): invoke 64 us float32 / 17 us int8 with XNNPACK against
-    92-115 / 50 us with the built-in kernels alone; experimental_preserve_all_tensors only adds memory.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as e:
-        raise utils.PipelineError(
-            "ai_edge_litert: not installed (pip install ai-edge-litert; TF 2.21 has no tf.lite.Interpreter)"
-        ) from e
-    it = Interpreter(model_path=str(path), num_threads=num_threads)
-    it.allocate_tensors()
-    return it
-
-
-class TFLiteRunner:
-    """enhance.py's frame runner (step, for HopStream) and block runner (push, for FrameStream) over the
-    TFLite step: LiteRT tensors set and read by index.
-
-    The plain Interpreter calls (set_tensor, invoke, get_tensor) are used instead of the signature
-    runner, which resizes and reallocates every input tensor on each call. The states stay in the
-    interpreter: after each step the output states are copied into the state inputs, ready for the next.
-    """
-
-    def __init__(self, path: Path, meta: dict, num_threads: int = 1):
-        self.interpreter = _interpreter(path, num_threads)
-        sig = self.interpreter.get_signature_runner(meta["tflite"]["signature"])
-        ins, outs = sig.get_input_details(), sig.get_output_details()
-        del sig  # a live signature runner counts as a tensor view: invoke() would refuse to run
-        states = meta["tflite"]["states"]
-        self._frame, self._mask = ins["frame"]["index"], outs["mask"]["index"]
-        self._states = [(ins[s["input"]]["index"], outs[s["output"]]["index"]) for s in states]
-        self._zeros = [np.zeros(s["shape"], np.float32) for s in states]
-        self.lookahead = int(meta["lookahead_frames"])
-        self.n_bins = int(meta["stft"]["n_bins"])
-        self.channels = len(meta["features"]["channels"])
-        self.reset()
-
-    def reset(self) -> None:
-        for (state, _), zeros in zip(self._states, self._zeros):
-            self.interpreter.set_tensor(state, zeros)
-        self.frames_in = 0
-
-    def step(self, frame: np.ndarray) -> np.ndarray | None:
-        """One frame (F, C) float32 -> mask (F, 2) of frame n - L, None for the first L frames."""
-        it = self.interpreter
-        it.set_tensor(self._frame, frame[None])
-        it.invoke()
-        for state, new in self._states:
-            it.set_tensor(state, it.get_tensor(new))
-        self.frames_in += 1
-        return it.get_tensor(self._mask)[0] if self.frames_in > self.lookahead else None
-
-    def push(self, feats: np.ndarray) -> np.ndarray:
-        """Frames (k, F, C) -> the masks (m, F, 2) they complete (offline blocks: batched STFT outside)."""
-        masks = [m for m in map(self.step, feats) if m is not None]
-        return np.stack(masks) if masks else np.zeros((0, self.n_bins, 2), np.float32)
-
-    def flush(self) -> np.ndarray:
-        """Feeds the L zero frames of the lookahead: the masks (m, F, 2) of the last frames; then resets."""
-        masks = self.push(np.zeros((self.lookahead, self.n_bins, self.channels), np.float32))
-        self.reset()
-        return masks
-
-
-class TFLiteEnhancer(enhance.BaseEnhancer):
-    """Enhances waveforms, streams and files with an exported TFLite streaming model (LiteRT, no TensorFlow).
-
-    Everything outside the network (STFT, features, complex product, iSTFT, lookahead delay, chunking)
-    is enhance.py's, so its output equals the Keras model's to float32 rounding.
-    """
-
-    def __init__(self, path, quantized: bool = False, num_threads: int = 1):
-        path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        meta_file = folder / METADATA
-        if not meta_file.is_file():
-            raise utils.PipelineError(f"{meta_file}: not found (expected a folder written by export.py)")
-        self.meta = json.loads(meta_file.read_text())
-        if not self.meta.get("tflite"):
-            raise utils.PipelineError(
-                f"{folder}: {self.meta.get('tflite_skipped', 'no TFLite model exported')}"
-            )
-        files = self.meta["tflite"]["files"]
-        if path.is_dir():
-            key = "dynamic_range_int8" if quantized else "float32"
-            if key not in files:
-                raise utils.PipelineError(f"{folder}: no {key} model (export with --quantize)")
-            path = folder / files[key]
-        if not path.is_file():
-            raise utils.PipelineError(f"{path}: not found")
-        self.path, self.num_threads = path, num_threads
-        s, f = self.meta["stft"], self.meta["features"]
-        self.sp = STFT.StftParams(s["sample_rate"], s["win_length"], s["hop"], s["n_fft"])
-        self.fp = STFT.FeatureParams(f["compression"], f["delta_phase"], f["deviation"])
-        self.causal, self.lookahead = True, int(self.meta["lookahead_frames"])
-        self.source = str(path)
-        config = folder / "config.ini"
-        self.cfg = utils.load_config(config) if config.is_file() else None
-
-    @classmethod
-    def from_export(cls, path, quantized: bool = False, num_threads: int = 1) -> TFLiteEnhancer:
-        return cls(path, quantized, num_threads)
-
-    def runner(self, streaming: bool = True) -> TFLiteRunner:
-        return TFLiteRunner(self.path, self.meta, self.num_threads)  # frame and block runner in one
-
-    def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
-        out = []
-        for channel in x:
-            stream = self.frame_stream(streaming=False)
-            out.append(np.concatenate([stream.process(channel), stream.flush()]))
-        return np.stack(out)
+    return tflite_step.interpreter(path, num_threads)
 
 
 # ----------------------------------------------------------------------------- command line
