@@ -106,6 +106,10 @@ class TrainParams:
     # Start a new run from these weights (a model.weights.h5 of the same [model]; relative to the
     # config file's folder), e.g. fine-tuning pretrained/; empty = random initialisation.
     init_weights: str = ""
+    # Early stopping: stop once `patience` validations in a row have not raised validation SI-SDR
+    # by more than min_delta dB over the best before them (0 = train all epochs).
+    patience: int = 0
+    min_delta: float = 0.05
     crop_seconds: float = 2.0
     clip_norm: float = 5.0
     validation_files: int = 32
@@ -155,9 +159,11 @@ class TrainParams:
             raise utils.PipelineError(f"{src} deterministic={p.deterministic}: expected auto, true or false")
         if p.crop_seconds <= 0 or p.learning_rate <= 0:
             raise utils.PipelineError(f"{src} crop_seconds and learning_rate must be > 0")
-        for name in ("lr_halving_steps", "warmup_steps", "cosine_steps"):
+        for name in ("lr_halving_steps", "warmup_steps", "cosine_steps", "patience"):
             if getattr(p, name) < 0:
                 raise utils.PipelineError(f"{src} {name}={getattr(p, name)}: must be >= 0")
+        if not (math.isfinite(p.min_delta) and p.min_delta >= 0):
+            raise utils.PipelineError(f"{src} min_delta={p.min_delta}: must be a number >= 0")
         if p.lr_halving_steps and p.cosine_steps:
             raise utils.PipelineError(f"{src} lr_halving_steps and cosine_steps: choose one decay")
         if p.examples_per_epoch < 0:
@@ -1128,6 +1134,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def plateaued(records: list[dict], patience: int, min_delta: float) -> bool:
+    """True when the last `patience` validated epochs of a history raised validation SI-SDR by no more
+    than min_delta over the best validation before them (the run has converged by that rule)."""
+    scores = [r["validation"]["si_sdr"] for r in records if r.get("validation")]
+    if patience < 1 or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) <= max(scores[:-patience]) + min_delta
+
+
 class History:
     """One JSON line per finished epoch (<run>/history.jsonl), rewritten atomically."""
 
@@ -1328,7 +1343,7 @@ class Run:
         if self.value("epoch") >= p.epochs:
             log.info(f"nothing to do: {self.value('epoch')} of [train] epochs={p.epochs} already trained")
         try:
-            while self.value("epoch") < p.epochs:
+            while self.value("epoch") < p.epochs and not self.converged():
                 epoch = self.value("epoch")  # 0-based; shown 1-based
                 seconds, clips = self.train_epoch(epoch)
                 self.end_epoch(epoch, seconds, clips)
@@ -1344,6 +1359,14 @@ class Run:
                 w.flush()
             if not self.chief:
                 shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+
+    def converged(self) -> bool:
+        p = self.params
+        if not plateaued(self.history.records, p.patience, p.min_delta):
+            return False
+        log.info(f"converged: no validation SI-SDR gain above {p.min_delta:g} dB in the last {p.patience} "
+                 f"validations (epoch {self.value('epoch')}); stopping")  # fmt: skip
+        return True
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         """Runs the remaining batches of `epoch`; returns (seconds, clips)."""
@@ -1456,6 +1479,10 @@ def train(cfg, run_name: str | None = None, resume: bool = False, strategy="defa
     strategy: "default" | "mirrored" | "multiworker" or a tf.distribute.Strategy.
     """
     params = TrainParams.from_config(cfg)
+    if params.patience and strategy == "multiworker":  # only the chief holds the history it stops on
+        raise utils.PipelineError(
+            "[train] patience: early stopping is not supported with --strategy multiworker"
+        )
     if params.on_the_fly:
         cfg = with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
     dirs = RunDirs.from_config(cfg, run_name or params.run_name)

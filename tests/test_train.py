@@ -896,3 +896,27 @@ def test_checkpoint_error_message(tmp_path, capsys):
         train.Run._save_checkpoint(Run())
     assert str(e.value) == f"{tmp_path}: checkpoint not saved: disk full"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plateau_rule():
+    def rows(*scores):
+        return [{"epoch": i + 1, "validation": {"si_sdr": s}} for i, s in enumerate(scores)]
+
+    assert not train.plateaued(rows(1.0, 2.0, 2.5), 2, 0.05)  # still rising
+    assert train.plateaued(rows(1.0, 2.0, 2.04, 2.05), 2, 0.05)  # two epochs within 0.05 of 2.0
+    assert not train.plateaued(rows(1.0, 2.0, 2.04, 2.06), 2, 0.05)
+    assert not train.plateaued(rows(3.0, 2.0), 2, 0.05)  # too few validations to judge
+    assert not train.plateaued(rows(3.0, 2.0, 1.0), 0, 0.05)  # patience 0: never
+    unvalidated = [{"epoch": 9, "validation": None}]
+    assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
+
+
+def test_early_stopping_ends_the_run_and_a_resume_does_not_restart_it(data_root, tmp_path):
+    cfg = make_cfg(tmp_path, data_root, epochs="6", patience="1", min_delta="1000")
+    folder = train.train(cfg, "run", progress=False)
+    lines = (folder / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # epoch 2 gained less than 1000 dB over epoch 1: stopped
+    train.train(cfg, "run", resume=True, progress=False)
+    assert len((folder / "history.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(utils.PipelineError, match="min_delta"):
+        train.TrainParams.from_config(utils.load_config(train.utils.DEFAULT_CONFIG, ["train.min_delta=-1"]))
