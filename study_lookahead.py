@@ -71,6 +71,8 @@ BOOKKEEPING_KEYS = {
     "max_nonfinite_steps",
     "run_name",
     "deterministic",
+    "patience",  # where a run stops, not what an epoch does: a converged run can be extended
+    "min_delta",
 }
 # --quick: a seconds-long end-to-end check (CI); applied before the user's --set, which may change them.
 QUICK_SETS = (
@@ -421,6 +423,8 @@ def held_out(entries: list[Entry]) -> set[int]:
 
 def collect(entries: list[Entry], records: dict, study: dict) -> dict:
     """results.json: one system per row (noisy input, models, oracles) with means on the chosen files."""
+    import train
+
     summaries = {e.name: read_json(e.out / "summary.json") for e in entries}
     excluded = all(
         (summaries[e.name].get("excluding_validation_files") or {}).get("n_files") for e in entries
@@ -453,6 +457,8 @@ def collect(entries: list[Entry], records: dict, study: dict) -> dict:
             "macs_per_frame": fig["macs_per_frame"],
             "epochs": len(hist),
             "optimizer_steps": hist[-1]["step"] if hist else None,
+            # stopped by [train] patience / min_delta (train.plateaued), not by the epoch limit
+            "converged": train.plateaued(hist, study["patience"], study["min_delta"]),
             "train_seconds": sum(h["train_seconds"] + h["validation_seconds"] for h in hist),
             "best_epoch": (read_json(e.best / "metrics.json") or {}).get("epoch"),
             "metrics": means(part(summaries[e.name])["results"]["model"]),
@@ -489,14 +495,20 @@ def format_table(results: dict) -> str:
     ev = results["evaluation"]
     lines = [
         "# Lookahead study: quality against algorithmic latency\n",
-        f"Every model: {results['epochs']} epoch(s), {results['optimizer_steps']} optimizer steps of batch "
-        f"{results['batch_size']}, seed {results['seed']}, {results['training_clips']} training clips. "
+        (
+            f"Every model: at most {results['epochs']} epoch(s), stopped once {results['patience']} "
+            f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged"); batch '
+            if results.get("patience")
+            else f"Every model: {results['epochs']} epoch(s), {results['optimizer_steps']} optimizer steps "
+            "of batch "
+        )
+        + f"{results['batch_size']}, seed {results['seed']}, {results['training_clips']} training clips. "
         f"Scores: mean over {ev['n_files']} test files ({ev['files']}); "
         "ΔSI-SDR = paired per-file difference to the bidirectional model, ± 95% CI half-width.\n",
         "| system | lookahead (frames) | latency (ms) | parameters | MACs/frame | "
         + " | ".join(label for _, label in COLUMNS)
-        + " | ΔSI-SDR vs bidirectional (dB) | train time (min) |",
-        "|---" * (len(COLUMNS) + 7) + "|",
+        + " | ΔSI-SDR vs bidirectional (dB) | train time (min) | steps (converged) |",
+        "|---" * (len(COLUMNS) + 8) + "|",
     ]
     for s in results["systems"]:
         cells = [s["name"]]
@@ -519,6 +531,10 @@ def format_table(results: dict) -> str:
         else:
             cells.append("-")
         cells.append(f"{s['train_seconds'] / 60:.1f}" if s["kind"] == "model" else "-")
+        if s["kind"] == "model":
+            cells.append(f"{s['optimizer_steps']} ({'yes' if s.get('converged') else 'no'})")
+        else:
+            cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -701,6 +717,8 @@ def main(argv=None) -> int:
         "batch_size": params.batch_size,
         "crop_seconds": params.crop_seconds,
         "learning_rate": params.learning_rate,
+        "patience": params.patience,
+        "min_delta": params.min_delta,
         "training_clips": len(train_cache),
         "optimizer_steps": epochs * math.ceil(len(train_cache) / params.batch_size),
         "lookaheads": lookaheads,

@@ -150,3 +150,16 @@ def test_quick_study_end_to_end_then_noop(tiny_data, tmp_path):
     assert [json.loads(line)["epoch"] for line in history] == [1, 2]
     b2 = json.loads((tmp_path / "b" / "results.json").read_text())
     assert b2["systems"][1]["epochs"] == 2 and b2["systems"][1]["optimizer_steps"] == 2 * steps
+
+
+def test_table_says_which_models_converged():
+    model = {"name": "lookahead_00", "kind": "model", "lookahead_frames": 0, "algorithmic_latency_ms": 25.0,
+             "parameters": 10, "macs_per_frame": 1e6, "metrics": {}, "train_seconds": 60.0,
+             "optimizer_steps": 1500, "converged": True}  # fmt: skip
+    results = {"epochs": 40, "patience": 3, "min_delta": 0.05, "batch_size": 8, "seed": 1,
+               "training_clips": 9,
+               "optimizer_steps": 5000, "evaluation": {"n_files": 4, "files": "all"},
+               "systems": [model, {**model, "name": "lookahead_20", "converged": False}]}  # fmt: skip
+    table = study_lookahead.format_table(results)
+    assert "at most 40 epoch(s), stopped once 3 validations gained <= 0.05 dB" in table
+    assert "| 1500 (yes) |" in table and table.count("(no)") == 1
