@@ -410,8 +410,15 @@ def _read_manifest(path: Path) -> list[_Example]:
     if not rows:
         raise utils.PipelineError(f"{path}: no examples")
     base = path.resolve().parent
-    out = []
-    for r in rows:
+    out, seen = [], {}
+    for line, r in enumerate(rows, 2):  # line 1 is the header
+        for key in ("index", "noisy"):  # a repeated example would be cached (and trained on) twice
+            value = (r[key] or "").strip()
+            if (key, value) in seen:
+                raise utils.PipelineError(
+                    f"{path}: line {line}: {key}={value!r} repeats line {seen[key, value]} (duplicate row)"
+                )
+            seen[key, value] = line
         noise = (r["noise"] or "").strip()
         out.append(
             _Example(

@@ -857,9 +857,7 @@ class _Writer:
             if exc_type is None:
                 with open(self.tmp, "rb+") as f:
                     os.fsync(f.fileno())
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files (as utils.atomic_write)
+                utils.give_usual_mode(self.tmp)
                 os.replace(self.tmp, self.dst)
         finally:
             with contextlib.suppress(FileNotFoundError):

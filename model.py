@@ -498,6 +498,7 @@ def save_trained(model: keras.Model, cfg, folder) -> None:
     os.close(fd)
     try:
         model.save_weights(tmp, overwrite=True)
+        utils.give_usual_mode(tmp)
         os.replace(tmp, folder / WEIGHTS_FILE)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -637,9 +637,8 @@ def load_sources(folder: Path, kind: str, sample_rate: int, min_samples: int, pr
     if short:
         log.warning(f"on-the-fly {kind}: skipped {len(short)} files shorter than {least / sample_rate:g} s")
     if not arrays:
-        raise utils.PipelineError(
-            f"{folder}: no usable {kind} audio for on-the-fly mixing ({len(files)} files)"
-        )
+        why = utils.why_none_usable(skipped, len(files))
+        raise utils.PipelineError(f"{folder}: no usable {kind} audio for on-the-fly mixing{why}")
     return arrays
 
 
@@ -1231,22 +1230,42 @@ def _remove_checkpoint_temps(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _deferred_interrupt():
-    """Holds Ctrl-C back while the training state changes, then raises it: a checkpoint taken in the
-    except-handler never sees half an epoch transition."""
+    """Holds Ctrl-C (and SIGTERM, see _terminate_as_interrupt) back while the training state changes,
+    then raises KeyboardInterrupt: a checkpoint taken in the except-handler never sees half an epoch
+    transition. A signal ignored (SIGINT of a background job) or handled by someone else is left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # SIGINT ignored (background job) or handled by someone else: leave it alone
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    caught, swapped = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) in (signal.default_int_handler, _terminate_as_interrupt):
+            swapped[sig] = signal.signal(sig, lambda *_: caught.append(True))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in swapped.items():
+            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt(signum, frame):
+    """SIGTERM (a scheduler, `kill`, a container stop) saves and exits like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_saves():
+    """Installs _terminate_as_interrupt for SIGTERM while training, when nobody else handles it."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Run:
@@ -1487,7 +1506,7 @@ def train(cfg, run_name: str | None = None, resume: bool = False, strategy="defa
         cfg = with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
     dirs = RunDirs.from_config(cfg, run_name or params.run_name)
     restoring = prepare_run(cfg, dirs, resume, overwrite)
-    with run_lock(dirs.checkpoints):
+    with run_lock(dirs.checkpoints), _sigterm_saves():
         _seed_everything(params.seed, params.deterministic)
         Run(cfg, params, dirs, make_strategy(strategy), restoring, progress).fit()
     return dirs.checkpoints

@@ -292,6 +292,27 @@ def check_config(cfg: configparser.ConfigParser, where: str) -> None:
 # ----------------------------------------------------------------------------- files
 
 
+def why_none_usable(skipped: list[tuple], n_files: int) -> str:
+    """' (N files: 3 too short, 1 unreadable audio; e.g. a.wav: too short (0.5 s))' for an error that
+    says no source file was usable: the reasons counted by their first words, and one example."""
+    if not skipped:
+        return f" ({n_files} files)" if n_files else " (no audio files found)"
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        kind = str(reason).split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    path, reason = skipped[0]
+    return f" ({n_files} files: {listed}; e.g. {path}: {reason})"
+
+
+def give_usual_mode(path: Path | str) -> None:
+    """mkstemp makes 0600 files: give an output the mode a plain open() would (0666 minus umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path | str, mode: str = "wb"):
     """Opens a temp file beside `path` and renames it over `path` only on success."""
@@ -303,9 +324,7 @@ def atomic_write(path: Path | str, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):

@@ -654,13 +654,13 @@ def plan_split(settings: Settings, split: str) -> SplitPlan:
     min_noise = int(math.ceil(MIN_NOISE_S * settings.sample_rate))
     noise, skip_n, list_n = scan_sources(settings.noise[split], min_noise, settings.sample_rate, exclude)
     decoded_bad = []
-    for kind, usable, folder, least in (
-        ("clean", clean, settings.clean[split], n),
-        ("noise", noise, settings.noise[split], min_noise),
+    for kind, usable, folder, least, skipped in (
+        ("clean", clean, settings.clean[split], n, skip_c),
+        ("noise", noise, settings.noise[split], min_noise, skip_n),
     ):
         found, bad = first_usable(usable, kind, settings.sample_rate, least) if usable else (None, [])
         if found is None:
-            why = f"; e.g. {bad[0][0]}: {bad[0][1]}" if bad else ""
+            why = utils.why_none_usable(skipped + bad, len(usable) + len(skipped))
             raise utils.PipelineError(f"{folder}: no usable {kind} audio for the {split} split{why}")
         decoded_bad += bad
     digest, state = state_digest(settings, split, list_c, list_n)

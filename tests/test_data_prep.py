@@ -263,7 +263,16 @@ def test_no_usable_clean_audio_is_an_error(synthetic_corpus, tmp_path, capsys):
     code, _, err = run(data_args(synthetic_corpus, out), capsys)
     assert code == 2
     assert "no usable clean audio" in err and len(err.strip().splitlines()) == 1
+    assert "unreadable audio" in err  # says why: the reasons counted, one example named
     assert not out.exists()
+
+
+def test_every_clean_file_too_short_says_so(synthetic_corpus, tmp_path, capsys):
+    for p in (synthetic_corpus / "clean_test").iterdir():
+        sf.write(p, np.full(800, 0.1, np.float32), 16000)  # 0.05 s each: shorter than a mixture
+    code, _, err = run(data_args(synthetic_corpus, tmp_path / "out"), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no usable clean audio" in err and "too short" in err
 
 
 def test_mix_is_exact_and_avoids_clipping(rng):

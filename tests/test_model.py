@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -312,6 +313,10 @@ def test_save_load_round_trip(tmp_path, rng, arch):
     M.save_trained(model, cfg, folder)
     M.save_trained(model, cfg, folder)  # overwriting is fine and leaves no temp files
     assert sorted(p.name for p in folder.iterdir()) == ["config.ini", "model.weights.h5"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.ini", "model.weights.h5"):  # the usual mode, not mkstemp's 0600
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask
     loaded, loaded_cfg = M.load_trained(folder)
     assert loaded_cfg["model"]["mask_bound"] == "1.5"
     x = features(rng, 1, 10)

@@ -501,3 +501,13 @@ def test_disk_full_is_one_line_naming_the_cache_file(data, monkeypatch, capsys):
     assert rc == 2 and err[-1].startswith("error: ") and err[-1].endswith("/noisy.npy: disk full")
     assert ".tmp" in err[-1]  # the temp folder's file, which is gone again:
     assert not list(STFT.cache_dir(cfg, "training").parent.glob("Training_STFT*"))
+
+
+def test_duplicate_manifest_rows_are_refused(data):
+    cfg, root = data
+    manifest = root / "manifest_training.csv"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines + [lines[2]]))  # example 1 (line 3) again as line 5
+    with pytest.raises(utils.PipelineError, match=r"line 5: index='1' repeats line 3 \(duplicate row\)"):
+        STFT.build_cache(cfg, "training", workers=1)
+    assert not STFT.cache_dir(cfg, "training").exists()

@@ -340,6 +340,33 @@ def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monke
     assert_same_weights(latest_weights(cfg), straight_weights)
 
 
+def test_sigterm_saves_like_ctrl_c_and_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
+    """kill (SIGTERM, as a scheduler or a container stop sends it) mid-run: a checkpoint is saved and
+    --resume finishes with the weights of an uninterrupted run; the handler is gone afterwards."""
+    import os
+    import signal
+
+    cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=100)
+    original, calls = train.Trainer.train_step, {"n": 0}
+
+    def step_then_term(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_term)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, "run", progress=False)
+    monkeypatch.setattr(train.Trainer, "train_step", original)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
+    assert train._tf().train.latest_checkpoint(str(folder)).endswith("ckpt-4")  # saved at the signal
+    train.train(cfg, "run", resume=True, progress=False)
+    assert_same_weights(latest_weights(cfg), straight_weights)
+
+
 def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
     data_root, tmp_path, monkeypatch, straight_weights
 ):
