@@ -1040,6 +1040,7 @@ def _enhance_all(args, cfg, jobs, errors, outdir: Path, chunk_seconds: float) ->
         print(f"{enhancer.source}: non-causal model: each file is processed whole, in memory (no chunking)")
     run_cfg = _run_config(cfg, enhancer, args)
     utils.remove_stale_temps(outdir / "enhance_config.ini")
+    _refuse_another_model(outdir, run_cfg)
 
     failed, written = len(errors), False
     for src, dst in jobs:
@@ -1070,6 +1071,28 @@ def _failure(src: Path, e: Exception) -> str:
         return f"{src}: {utils.os_error_line(e)}"
     lines = str(e).strip().splitlines()
     return f"{src}: {type(e).__name__}: {lines[0][:200] if lines else '(no message)'}"
+
+
+def _refuse_another_model(outdir: Path, run_cfg) -> None:
+    """A folder holds the files of one model: its enhance_config.ini (written by an earlier run) must
+    name the model of this run, else the folder's files would silently come from two models."""
+    path = outdir / "enhance_config.ini"
+    if not path.is_file():
+        return
+    import configparser
+
+    saved = configparser.ConfigParser(interpolation=None)
+    try:  # read as written: it holds run keys ([enhance] model, ...) that config.ini does not have
+        saved.read(path)
+        old = saved.get("enhance", "model", fallback="")
+    except configparser.Error:
+        old = ""
+    new = run_cfg.get("enhance", "model")
+    if old and old != new:
+        raise utils.PipelineError(
+            f"{outdir}: holds files enhanced with another model ({old}, see enhance_config.ini); "
+            "choose another -o folder or empty this one"
+        )
 
 
 def _run_config(cfg, enhancer, args):

@@ -538,3 +538,18 @@ def test_bad_chunk_seconds_in_the_config_file_is_one_line(tmp_path, capsys, caus
     rc, _, err = run_main(capsys, tmp_path / "a.wav", "-o", tmp_path / "out", "--config", path)
     assert rc == 2 and err == [f"error: {path}: [enhance] chunk_seconds='thirty': expected a number"]
     assert not (tmp_path / "out").exists()
+
+
+def test_second_run_with_another_model_into_the_same_folder_is_refused(
+    tmp_path, capsys, causal_dir, lookahead_dir
+):
+    sf.write(tmp_path / "a.wav", noisy(0.3, 26), SR, subtype="FLOAT")
+    sf.write(tmp_path / "b.wav", noisy(0.3, 27), SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    assert run_main(capsys, tmp_path / "a.wav", "-o", out, "--model", causal_dir)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, _, err = run_main(capsys, tmp_path / "b.wav", "-o", out, "--model", lookahead_dir)
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {out}: holds files enhanced with another model ({causal_dir}")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert run_main(capsys, tmp_path / "b.wav", "-o", out, "--model", causal_dir)[0] == 0  # same model: fine
