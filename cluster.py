@@ -1,4 +1,4 @@
-"""Several machines: the TF_CONFIG cluster of multi-worker training and the --shard I/N of the scripts.
+"""Several machines: the TF_CONFIG cluster of multi-worker training (train.py --strategy multiworker).
 
 Training (train.py --strategy multiworker): every machine runs the same command with its own TF_CONFIG,
 e.g. {"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, "task": {"type": "worker", "index": 0}}.
@@ -8,71 +8,18 @@ A worker that dies stops the others with a PipelineError within about SE_HEARTBE
 coordination service's heartbeat timeout; default 10); a worker that never shows up stops the others
 after SE_CLUSTER_TIMEOUT_S seconds (default 600).
 
-Sharding (data/data_prep.py, STFT.py, evaluate.py --shard I/N): shard I of N takes the I-th of N
-contiguous blocks of the items (mixture indices, cache examples, test files); the blocks are disjoint
-and cover every item. Each script's merge step joins the N shards into what one machine would have
-written.
+Sharded data preparation, STFT cache and evaluation (--shard I/N): shards.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 
 import utils
 
 CLUSTER_TIMEOUT_ENV = "SE_CLUSTER_TIMEOUT_S"
 HEARTBEAT_ENV = "SE_HEARTBEAT_S"
-
-
-# ----------------------------------------------------------------------------- shards
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int  # 1-based
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """ "I/N" with 1 <= I <= N."""
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-            raise utils.PipelineError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/3")
-        return cls(int(m.group(1)), int(m.group(2)))
-
-    @property
-    def label(self) -> str:
-        """The shard's part of a file name: shard-2-of-3."""
-        return f"shard-{self.index}-of-{self.count}"
-
-    def block(self, n: int) -> range:
-        """Positions 0..n-1 of this shard: the index-th of `count` contiguous, near-equal blocks."""
-        return range((self.index - 1) * n // self.count, self.index * n // self.count)
-
-    def all(self) -> list[Shard]:
-        return [Shard(i, self.count) for i in range(1, self.count + 1)]
-
-
-def shard_arg(text: str) -> Shard:
-    """argparse type for --shard."""
-    import argparse
-
-    try:
-        return Shard.parse(text)
-    except utils.PipelineError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def merge_arg(text: str) -> int:
-    """argparse type for --merge-shards N."""
-    import argparse
-
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"--merge-shards {text!r}: expected a shard count >= 1")
-    return int(text)
 
 
 # ----------------------------------------------------------------------------- TF_CONFIG

@@ -1,0 +1,68 @@
+"""--shard I/N and --merge-shards N of data/data_prep.py, STFT.py and evaluate.py: N = 3 shards give,
+once merged, the bytes of one unsharded run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SR, speech_like
+
+import shards
+import utils
+from data import data_prep
+
+
+def test_shard_blocks_are_disjoint_and_cover_everything():
+    for n in (0, 1, 2, 3, 7, 10):
+        for count in (1, 2, 3, 5):
+            blocks = [shards.Shard(i, count).block(n) for i in range(1, count + 1)]
+            assert [j for b in blocks for j in b] == list(range(n))
+    assert shards.Shard.parse(" 2/3 ") == shards.Shard(2, 3) and shards.Shard(2, 3).label == "shard-2-of-3"
+    for bad in ("0/3", "4/3", "1", "a/b", "1/0"):
+        with pytest.raises(utils.PipelineError):
+            shards.Shard.parse(bad)
+
+
+def files(folder: Path, skip=()) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def data_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
+    values = {
+        "clean_train_path": corpus / "clean_train", "noise_train_path": corpus / "noise_train",
+        "clean_test_path": corpus / "clean_test", "noise_test_path": corpus / "noise_test",
+        "output_path": out, "file_length": 1, "total_training_files": 7, "total_testing_files": 4,
+        "workers": 1,
+    }  # fmt: skip
+    return [a for k, v in values.items() for a in ("--set", f"data.{k}={v}")] + list(extra)
+
+
+def test_data_prep_three_shards_merge_to_the_bytes_of_one_run(synthetic_corpus, tmp_path, capsys):
+    one, three = tmp_path / "one", tmp_path / "three"
+    # files the mixing skips (listed in data_prep_skipped_<split>.csv): the shards' lists are joined
+    sf.write(synthetic_corpus / "noise_train" / "silent.wav", np.zeros(5 * SR, np.float32), SR)
+    sf.write(synthetic_corpus / "clean_train" / "short.wav", speech_like(0.3, 9), SR)
+    assert utils.run_main(data_prep.main, data_argv(synthetic_corpus, one)) == 0
+    for i in (3, 1):  # shard 2 is late
+        assert utils.run_main(data_prep.main, data_argv(synthetic_corpus, three, "--shard", f"{i}/3")) == 0
+    capsys.readouterr()
+    assert utils.run_main(data_prep.main, data_argv(synthetic_corpus, three, "--merge-shards", "3")) == 2
+    assert "shard-2-of-3" in capsys.readouterr().err and not (three / "manifest_training.csv").exists()
+    assert utils.run_main(data_prep.main, data_argv(synthetic_corpus, three, "--shard", "2/3")) == 0
+    shard_rows = (three / "manifest_training.shard-2-of-3.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in shard_rows[1:]] == ["3", "4"]  # 7 mixtures: blocks 1-2, 3-4, 5-7
+    assert utils.run_main(data_prep.main, data_argv(synthetic_corpus, three, "--merge-shards", "3")) == 0
+    a, b = files(one, {"data_prep_config.ini"}), files(three, {"data_prep_config.ini"})
+    assert sorted(a) == sorted(b) and a == b  # manifests, wavs, state, skipped lists: byte for byte
+    assert "manifest_training.csv" in a and "data_prep_skipped_training.csv" in a
+    assert not list(three.glob("*shard*"))
+    # --overwrite cannot be sharded (it would delete the other shards' outputs)
+    argv = data_argv(synthetic_corpus, three, "--shard", "1/3", "--overwrite")
+    assert utils.run_main(data_prep.main, argv) == 2
