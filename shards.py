@@ -122,3 +122,134 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
     for path in done:
         path.unlink(missing_ok=True)
     return lines
+
+
+# ----------------------------------------------------------------------------- STFT.py
+
+
+def stft_shard_dir(cfg, split: str, shard: Shard):
+    import STFT
+
+    target = STFT.cache_dir(cfg, split)
+    return target.with_name(f"{target.name}.{shard.label}")
+
+
+def _shard_record(expected: dict, shard: Shard, rows: range, frames: tuple[int, int]) -> dict:
+    keys = (
+        "format",
+        "split",
+        "stft",
+        "config_sha256",
+        "manifest_sha256",
+        "sources_sha256",
+        "arrays",
+        "examples",
+    )
+    return {"shard": shard.label, "rows": [rows.start, rows.stop], "frames": list(frames),
+            **{k: expected[k] for k in keys}}  # fmt: skip
+
+
+def build_stft_shard(cfg, split: str, shard: Shard, workers: int = 1):
+    """<stft_dir>/<Split>_STFT.shard-I-of-N/: the spectra of the shard's block of manifest examples
+    (noisy.npy, clean.npy [, noise.npy]: exactly the rows [first, last) frames of the full cache's
+    arrays) and shard.json. Up to date (nothing done) when shard.json matches the manifest, its audio
+    files and [STFT]."""
+    import json
+    import os
+    import shutil
+
+    import STFT
+
+    p = STFT.StftParams.from_config(cfg)
+    expected = STFT._expected_meta(cfg, split)
+    rows, tasks, total_frames = STFT._plan_examples(cfg, expected)
+    mine = shard.block(len(tasks))
+    first = tasks[mine.start][0] if len(mine) else total_frames
+    last = tasks[mine.stop][0] if mine.stop < len(tasks) else total_frames
+    record = _shard_record(expected, shard, mine, (first, last))
+    folder = stft_shard_dir(cfg, split, shard)
+    try:
+        if json.loads((folder / "shard.json").read_text()) == record:
+            print(f"{folder}: up to date ({len(mine)} examples), nothing to do")
+            return folder
+    except (OSError, ValueError):
+        pass
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # hidden temp name: never taken for another build's leftover by STFT._remove_stale_temps
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        local = [(offset - first, n, paths) for offset, n, paths in tasks[mine.start : mine.stop]]
+        n = (os.cpu_count() or 1) if workers <= 0 else workers
+        desc = f"STFT {split} {shard.label}"
+        STFT._fill_arrays(tmp, expected["arrays"], p, local, last - first, max(1, min(n, len(local))), desc)
+        (tmp / "shard.json").write_text(json.dumps(record, indent=1) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{folder}: examples {mine.start}..{mine.stop - 1} of {len(tasks)}, frames {first}..{last}")
+    return folder
+
+
+def merge_stft(cfg, split: str, count: int):
+    """Joins the N shard folders into <stft_dir>/<Split>_STFT, the cache STFT.build_cache writes (same
+    arrays, index.csv, config.ini; meta.json differs only in "created"); removes the shard folders.
+    Refuses (writing nothing) when a shard is missing or was made from another manifest, other audio
+    files or another [STFT]."""
+    import json
+    import os
+    import shutil
+
+    import numpy as np
+
+    import STFT
+
+    target = STFT.cache_dir(cfg, split)
+    expected = STFT._expected_meta(cfg, split)
+    rows, tasks, total_frames = STFT._plan_examples(cfg, expected)
+    folders = []
+    for shard in Shard(1, count).all():
+        folder = stft_shard_dir(cfg, split, shard)
+        mine = shard.block(len(tasks))
+        first = tasks[mine.start][0] if len(mine) else total_frames
+        last = tasks[mine.stop][0] if mine.stop < len(tasks) else total_frames
+        try:
+            found = json.loads((folder / "shard.json").read_text())
+        except (OSError, ValueError):
+            raise utils.PipelineError(f"{folder}: shard not there (or not finished): run STFT.py "
+                                      f"--split {split} --shard {shard.index}/{count}") from None  # fmt: skip
+        if found != _shard_record(expected, shard, mine, (first, last)):
+            raise utils.PipelineError(
+                f"{folder}: made from another manifest, other audio files or another [STFT] than "
+                f"{expected['manifest']}; rebuild it"
+            )
+        folders.append((folder, first, last))
+
+    def fill(tmp) -> None:
+        row_bytes = expected["stft"]["n_bins"] * np.dtype(np.complex64).itemsize
+        for name in expected["arrays"]:
+            shape = (total_frames, expected["stft"]["n_bins"])
+            mm = np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.complex64, shape)
+            start = int(mm.offset)
+            del mm
+            fd = os.open(tmp / f"{name}.npy", os.O_WRONLY)
+            try:
+                for folder, first, last in folders:
+                    part = np.load(folder / f"{name}.npy", mmap_mode="r")
+                    if part.shape != (last - first, shape[1]):
+                        raise utils.PipelineError(f"{folder / f'{name}.npy'}: shape {part.shape} is not "
+                                                  f"{(last - first, shape[1])}")  # fmt: skip
+                    for a in range(0, len(part), 4096):  # in slices: bounded memory
+                        STFT._pwrite_all(fd, np.asarray(part[a : a + 4096]), start + (first + a) * row_bytes)
+            finally:
+                os.close(fd)
+
+    STFT._write_cache(cfg, target, expected, rows, total_frames, fill)
+    for folder, _, _ in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{target}: {len(rows)} examples, {total_frames} frames, from {count} shards")
+    return target

@@ -3,12 +3,13 @@ once merged, the bytes of one unsharded run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR, speech_like
+from conftest import SR, make_test_set, speech_like, write_config
 
 import shards
 import utils
@@ -66,3 +67,29 @@ def test_data_prep_three_shards_merge_to_the_bytes_of_one_run(synthetic_corpus, 
     # --overwrite cannot be sharded (it would delete the other shards' outputs)
     argv = data_argv(synthetic_corpus, three, "--shard", "1/3", "--overwrite")
     assert utils.run_main(data_prep.main, argv) == 2
+
+
+def test_stft_three_shards_merge_to_the_cache_of_one_build(tmp_path, capsys):
+    import STFT
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_test_set(data, snrs=(-5, 0, 5, 10, 15), seconds=0.5)
+    config = write_config(tmp_path, {"paths": {"data_dir": str(data)}})
+    cfg = utils.load_config(config)
+    one = STFT.build_cache(cfg, "testing").rename(tmp_path / "one_machine")  # then the same on 3
+    config = str(config)
+    for i in (2, 3):
+        assert utils.run_main(STFT.main, ["--config", config, "--split", "testing", "--shard", f"{i}/3"]) == 0
+    merge = ["--config", config, "--split", "testing", "--merge-shards", "3"]
+    assert utils.run_main(STFT.main, merge) == 2  # shard 1 is missing
+    assert "shard-1-of-3" in capsys.readouterr().err
+    assert utils.run_main(STFT.main, ["--config", config, "--split", "testing", "--shard", "1/3"]) == 0
+    assert utils.run_main(STFT.main, merge) == 0
+    three = STFT.cache_dir(cfg, "testing")
+    a, b = files(one, {"meta.json"}), files(three, {"meta.json"})
+    assert sorted(a) == ["clean.npy", "config.ini", "index.csv", "noisy.npy"] and a == b
+    meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (one, three))
+    meta_a.pop("created"), meta_b.pop("created")
+    assert meta_a == meta_b and STFT.is_up_to_date(cfg, "testing")
+    assert not list(three.parent.glob("*shard*"))
