@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import utils
 
@@ -253,3 +254,100 @@ def merge_stft(cfg, split: str, count: int):
         shutil.rmtree(folder, ignore_errors=True)
     print(f"{target}: {len(rows)} examples, {total_frames} frames, from {count} shards")
     return target
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+
+
+def evaluate_batches(tasks: list[dict], sample_rate: int, batch_size: int) -> list[list[int]]:
+    """Positions of `tasks` grouped as evaluate's model batches (runs of up to batch_size files of one
+    length; an unreadable file alone), lengths from the audio headers."""
+    import STFT
+
+    groups, current, length = [], [], None
+    for i, t in enumerate(tasks):
+        try:
+            n = STFT._n_samples(Path(t["noisy"]), sample_rate)
+        except utils.PipelineError:
+            groups += [current, [i]] if current else [[i]]
+            current = []
+            continue
+        if current and (len(current) >= batch_size or n != length):
+            groups.append(current)
+            current = []
+        if not current:
+            length = n
+        current.append(i)
+    return groups + ([current] if current else [])
+
+
+def evaluate_shard_tasks(tasks: list[dict], shard: Shard, sample_rate: int, batch_size: int) -> list[dict]:
+    """The shard's test files: its block of whole model batches (a file's model estimate does not then
+    depend on the sharding: every batch is the one an unsharded run infers)."""
+    groups = evaluate_batches(tasks, sample_rate, batch_size)
+    return [tasks[i] for g in shard.block(len(groups)) for i in groups[g]]
+
+
+def _evaluate_shard_path(out_dir, shard: Shard):
+    return Path(out_dir) / "shards" / f"{shard.label}.json"
+
+
+def _plain(x):
+    """JSON-ready: numpy scalars as Python numbers (NaN stays NaN: Python's json writes it)."""
+    import numpy as np
+
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def save_evaluate_shard(
+    out_dir, shard: Shard, rows: list[dict], tasks: list[dict], fingerprint: dict
+) -> dict:
+    """<out>/shards/shard-I-of-N.json: the shard's scored rows (dropped files included) and what they
+    were scored with; returns {"shard", "files", "path"}."""
+    import json
+
+    path = _evaluate_shard_path(out_dir, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"shard": shard.label, "fingerprint": fingerprint, "indices": [t["index"] for t in tasks],
+              "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]}  # fmt: skip
+    with utils.atomic_write(path, "w") as f:
+        json.dump(record, f)
+    print(f"{path}: {len(tasks)} test files of {fingerprint['files']}")
+    return {"shard": shard.label, "files": len(tasks), "path": str(path)}
+
+
+def load_evaluate_shards(out_dir, count: int, tasks: list[dict], fingerprint: dict) -> list[dict]:
+    """The rows of the N shards of <out>/shards/, checked: all there, scored with the same model,
+    manifest, limit, systems and metrics, and together every test file exactly once."""
+    import json
+
+    rows, seen = [], []
+    for shard in Shard(1, count).all():
+        path = _evaluate_shard_path(out_dir, shard)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise utils.PipelineError(
+                f"{path}: shard not there (or unreadable): run evaluate.py --shard {shard.index}/{count} "
+                "with the same options"
+            ) from None
+        if record.get("fingerprint") != fingerprint:
+            theirs = record.get("fingerprint") or {}
+            diff = [k for k in fingerprint if theirs.get(k) != fingerprint[k]]
+            raise utils.PipelineError(f"{path}: scored with other settings ({', '.join(diff)} differ)")
+        rows += record["rows"]
+        seen += record["indices"]
+    if sorted(seen) != sorted(t["index"] for t in tasks):
+        raise utils.PipelineError(
+            f"{Path(out_dir) / 'shards'}: the {count} shards hold {len(seen)} test files, not each of the "
+            f"{len(tasks)} exactly once"
+        )
+    return rows
+
+
+def remove_evaluate_shards(out_dir, count: int) -> None:
+    for shard in Shard(1, count).all():
+        _evaluate_shard_path(out_dir, shard).unlink(missing_ok=True)
+    folder = Path(out_dir) / "shards"
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

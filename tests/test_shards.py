@@ -93,3 +93,45 @@ def test_stft_three_shards_merge_to_the_cache_of_one_build(tmp_path, capsys):
     meta_a.pop("created"), meta_b.pop("created")
     assert meta_a == meta_b and STFT.is_up_to_date(cfg, "testing")
     assert not list(three.parent.glob("*shard*"))
+
+
+def test_evaluate_three_shards_merge_to_the_results_of_one_run(tmp_path, capsys):
+    import evaluate
+    import model
+
+    over = {"evaluate": {"metrics": "sdr,si_sdr", "batch_size": 2}}
+    config = write_config(tmp_path, over)
+    cfg = utils.load_config(config)
+    data = utils.get_path(cfg, "data_dir")
+    make_test_set(data, snrs=(-5, 0, 5, 10, 15, 20, 3), seconds=0.5)
+    (data / "CleanSpeech_testing" / "clnsp3.wav").write_bytes(b"not audio")  # dropped, and counted
+    model_dir = tmp_path / "tiny" / "best"
+    model.save_trained(model.build_model(cfg), cfg, model_dir)
+    argv = ["--config", str(config), "--model", str(model_dir), "--workers", "1", "--page-examples", "1"]
+    assert utils.run_main(evaluate.main, [*argv, "--out", str(tmp_path / "one")]) == 0
+    three = [*argv, "--out", str(tmp_path / "three")]
+    for i in (3, 1):
+        assert utils.run_main(evaluate.main, [*three, "--shard", f"{i}/3"]) == 0
+    assert utils.run_main(evaluate.main, [*three, "--merge-shards", "3"]) == 2  # shard 2 is missing
+    assert "shard-2-of-3" in capsys.readouterr().err and not (tmp_path / "three" / "summary.json").exists()
+    assert utils.run_main(evaluate.main, [*three, "--shard", "2/3"]) == 0
+    record = json.loads((tmp_path / "three" / "shards" / "shard-2-of-3.json").read_text())
+    assert record["indices"] == [2, 3]  # 7 files in model batches of 2: [0 1] | [2 3] | [4 5] [6]
+    assert utils.run_main(evaluate.main, [*three, "--merge-shards", "3"]) == 0
+    a, b = files(tmp_path / "one"), files(tmp_path / "three")
+    assert sorted(a) == sorted(b)
+    for name in ("results.csv", "summary.json", "snr_table.md", "config.ini"):
+        assert a[name] == b[name], name
+    # the listening page differs in its title only (the output folder's name)
+    assert a["index.html"].replace(b".one.", b".X.") == b["index.html"].replace(b".three.", b".X.")
+    assert (
+        json.loads(a["summary.json"])["n_dropped"] == 1
+        and "model" in json.loads(a["summary.json"])["systems"]
+    )
+    assert not (tmp_path / "three" / "shards").exists()
+    # a shard scored with other settings is refused
+    assert utils.run_main(evaluate.main, [*three, "--shard", "1/3", "--no-oracles"]) == 0
+    assert utils.run_main(evaluate.main, [*three, "--shard", "2/3"]) == 0
+    assert utils.run_main(evaluate.main, [*three, "--shard", "3/3"]) == 0
+    assert utils.run_main(evaluate.main, [*three, "--merge-shards", "3"]) == 2
+    assert "systems differ" in capsys.readouterr().err
