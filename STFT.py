@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import shards
 import utils
 
 
@@ -292,6 +293,8 @@ def features_tf(X, fp: FeatureParams = FeatureParams(), p: StftParams = StftPara
 #       (path, size, mtime), counts and bytes; config.ini: the resolved config of the run.
 # Features are computed from these spectra on the fly (train.py), so the cache does not depend on
 # [features]. A build writes a temp folder beside the target and renames it into place at the end.
+# Several machines: --shard I/N writes <Split>_STFT.shard-I-of-N/ (the I-th of N contiguous blocks of
+# examples: a contiguous range of array rows); --merge-shards N joins them into <Split>_STFT/ (shards.py).
 
 CACHE_FORMAT = 1
 SPLITS = ("training", "testing")
@@ -685,7 +688,23 @@ def build_cache(cfg, split: str, workers: int = 1, force: bool = False) -> Path:
         return target
     print(f"{target}: building ({reason})")
     target.parent.mkdir(parents=True, exist_ok=True)
+    rows, tasks, offset = _plan_examples(cfg, expected)
+    names = expected["arrays"]
 
+    def fill(tmp: Path) -> None:
+        n = (os.cpu_count() or 1) if workers <= 0 else workers
+        _fill_arrays(tmp, names, p, tasks, offset, min(n, len(tasks)), f"STFT {split}")
+
+    meta = _write_cache(cfg, target, expected, rows, offset, fill)
+    mb = meta["bytes_per_example"] / 1e6
+    print(f"{target}: {len(rows)} examples, {offset} frames, {mb:.2f} MB per example ({', '.join(names)})")
+    return target
+
+
+def _plan_examples(cfg, expected: dict) -> tuple[list, list, int]:
+    """(index.csv rows, fill tasks (offset, n_samples, paths), total frames) of the manifest's examples,
+    lengths read from the audio headers."""
+    p = StftParams.from_config(cfg)
     manifest = Path(expected["manifest"])
     examples = _read_manifest(manifest)
     names = expected["arrays"]
@@ -715,13 +734,18 @@ def build_cache(cfg, split: str, workers: int = 1, force: bool = False) -> Path:
         )
         tasks.append((offset, n_samples, {n: str(path) for n, path in paths.items()}))
         offset += n_frames
+    return rows, tasks, offset
 
+
+def _write_cache(cfg, target: Path, expected: dict, rows: list, offset: int, fill) -> dict:
+    """Builds the cache in a temp folder (fill(tmp) writes the .npy arrays; then index.csv, meta.json,
+    config.ini) and renames it into place; returns meta."""
+    names = expected["arrays"]
     tmp = target.with_name(f"{target.name}.{os.getpid()}{_TMP_SUFFIX}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        workers = (os.cpu_count() or 1) if workers <= 0 else workers
-        _fill_arrays(tmp, names, p, tasks, offset, min(workers, len(tasks)), f"STFT {split}")
+        fill(tmp)
         for name in names:
             _fsync(tmp / f"{name}.npy")
         with open(tmp / "index.csv", "w", newline="") as f:
@@ -743,9 +767,7 @@ def build_cache(cfg, split: str, workers: int = 1, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    mb = meta["bytes_per_example"] / 1e6
-    print(f"{target}: {len(rows)} examples, {offset} frames, {mb:.2f} MB per example ({', '.join(names)})")
-    return target
+    return meta
 
 
 # ----------------------------------------------------------------------------- script
@@ -775,12 +797,27 @@ def main(argv=None) -> int:
         "on 2 cores; 0 = one per core); the output does not depend on it",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard", type=shards.shard_arg, metavar="I/N",
+        help="one machine's part: the I-th of N contiguous blocks of examples, into "
+        "<Split>_STFT.shard-I-of-N/; then --merge-shards N",
+    )  # fmt: skip
+    shard.add_argument(
+        "--merge-shards", type=shards.merge_arg, metavar="N",
+        help="join the N shard folders into <Split>_STFT/ (the arrays of one unsharded build)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.workers < 0:
         raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")
     cfg = utils.config_from_args(args)
     for split in SPLITS if args.split == "both" else (args.split,):
-        build_cache(cfg, split, workers=args.workers, force=args.force)
+        if args.shard:
+            shards.build_stft_shard(cfg, split, args.shard, workers=args.workers)
+        elif args.merge_shards:
+            shards.merge_stft(cfg, split, args.merge_shards)
+        else:
+            build_cache(cfg, split, workers=args.workers, force=args.force)
     return 0
 
 

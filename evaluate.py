@@ -30,6 +30,9 @@ Outputs (each written atomically) in --out (default <results_dir>/<run name>):
   config.ini    the resolved config (model_config.ini: the model's own training config)
   index.html    the listening page (listening_page.py): summary, plots, and players and spectrograms
                 of noisy / model / clean / baselines for a few files per input SNR (--page-examples)
+Several machines: --shard I/N scores the I-th of N blocks of the test files (whole model batches) into
+<out>/shards/shard-I-of-N.json; --merge-shards N (same options) joins them and writes the outputs above,
+results.csv and summary.json identical to one unsharded run (shards.py).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import numpy as np
 
 import listening_page
 import metrics
+import shards
 import STFT
 import utils
 
@@ -653,6 +657,8 @@ def evaluate(
     progress: bool = True,
     page_examples: int | str | None = 3,
     engine: str = "keras",
+    shard=None,
+    merge_shards: int | None = None,
 ) -> dict:
     """Scores the test split and writes results.csv, summary.json, snr_table.md, plots and config.
 
@@ -660,6 +666,8 @@ def evaluate(
     or () = none, or a list of names. Baselines that are not installed are reported and skipped.
     page_examples: files per input SNR with players on index.html; None or "all" = every file.
     engine: how "model" runs: keras (whole clip) or a TFLite step of enhance.ENGINES (streamed).
+    shard (shards.Shard): score only its block of the test files into <out>/shards/ and return;
+    merge_shards N: score nothing, join the N shards' rows and write everything as one run would.
     Returns the summary dict (also written to summary.json).
     """
     from tqdm import tqdm
@@ -672,7 +680,7 @@ def evaluate(
             raise utils.PipelineError(f"{model_dir}: no trained model here (config.ini missing; train first)")
         mcfg = utils.load_config(model_dir / "config.ini")  # the transform the model was trained with
     manifest = utils.get_path(cfg, "data_dir") / "manifest_testing.csv"
-    tasks = read_manifest(manifest, limit)
+    tasks = all_tasks = read_manifest(manifest, limit)
     p = STFT.StftParams.from_config(mcfg)
     metric_list, oracle_list = _metric_list(cfg), _oracle_list(cfg, oracles)
     skipped = {}
@@ -696,6 +704,11 @@ def evaluate(
         "engine": engine if model_dir is not None else None,
     }
     batch = cfg.getint("evaluate", "batch_size", fallback=8)
+    if shard is not None:  # whole model batches, so each file's estimate is the one-machine one
+        tasks = shards.evaluate_shard_tasks(tasks, shard, p.sample_rate, batch)
+    fingerprint = {"manifest_sha256": utils.file_sha256(manifest), "limit": limit, "systems": systems,
+                   "metrics": names, "model_dir": str(model_dir), "engine": settings["engine"],
+                   "files": len(all_tasks)}  # fmt: skip
     loaded = None
     if model_dir is not None:
         loaded = _load_model(model_dir, engine)  # before the workers start: a bad model fails fast
@@ -705,8 +718,10 @@ def evaluate(
     n_workers = min(_workers(cfg, workers), len(tasks))
 
     rows: list[dict] = []
-    bar = tqdm(total=len(tasks), desc="scoring", unit="file", disable=not progress)
-    if n_workers <= 1:  # in-process: no start-up cost, easy to debug
+    bar = tqdm(total=len(tasks), desc="scoring", unit="file", disable=not progress or bool(merge_shards))
+    if merge_shards:
+        rows = shards.load_evaluate_shards(out_dir, merge_shards, all_tasks, fingerprint)
+    elif n_workers <= 1:  # in-process: no start-up cost, easy to debug
         _SETTINGS.clear()
         _SETTINGS.update(settings)
         for task, est, err in inputs:
@@ -728,6 +743,8 @@ def evaluate(
                 rows += fut.result()
                 bar.update()
     bar.close()
+    if shard is not None:
+        return shards.save_evaluate_shard(out_dir, shard, rows, tasks, fingerprint)
     # Order by manifest position then system, so nothing depends on the number of workers.
     position = {t["index"]: i for i, t in enumerate(tasks)}
     dropped = sorted((r for r in rows if "dropped" in r), key=lambda r: position[r["index"]])
@@ -770,6 +787,8 @@ def evaluate(
             os.replace(f, final / f.name)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+    if merge_shards:
+        shards.remove_evaluate_shards(final, merge_shards)
     return summary
 
 
@@ -879,6 +898,16 @@ def main(argv=None) -> int:
         help="files per input SNR with players on index.html, spread from best to worst model "
         "improvement (default 3: best, median, worst); all = every file",
     )
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard", type=shards.shard_arg, metavar="I/N",
+        help="score only the I-th of N blocks of the test files (whole model batches) into "
+        "<out>/shards/; then --merge-shards N with the same options",
+    )  # fmt: skip
+    shard.add_argument(
+        "--merge-shards", type=shards.merge_arg, metavar="N",
+        help="join the N shards of <out>/shards/ and write results.csv, summary.json, ... as one run would",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     utils.refuse_model_overrides(args.overrides, "evaluate.py")
     cfg = utils.config_from_args(args)
@@ -897,8 +926,10 @@ def main(argv=None) -> int:
     page_examples = listening_page.parse_examples(args.page_examples)  # a typo fails before scoring
     summary = evaluate(
         cfg, model_dir, out_dir, args.limit, args.workers, oracles=not args.no_oracles, baselines=baselines,
-        page_examples=page_examples, engine=args.engine,
+        page_examples=page_examples, engine=args.engine, shard=args.shard, merge_shards=args.merge_shards,
     )  # fmt: skip
+    if args.shard:
+        return 0
     print(summary["snr_table"])
     dropped = f", {summary['n_dropped']} dropped (see above)" if summary["n_dropped"] else ""
     print(f"Summary ({summary['n_files']} files{dropped}; mean ± 95% CI half-width):\n")

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cluster
 import STFT
 import utils
 
@@ -700,6 +701,7 @@ def make_strategy(name):
             devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
             _STRATEGY_CACHE[name] = tf.distribute.MirroredStrategy(devices=devices)
         else:
+            cluster.configure_coordination(tf)  # bounded waits for a worker that is gone
             _STRATEGY_CACHE[name] = tf.distribute.MultiWorkerMirroredStrategy()
     return _STRATEGY_CACHE[name]
 
@@ -1324,9 +1326,15 @@ class Run:
         return getattr(self.trainer, name).numpy().item()
 
     def restore(self) -> None:
-        self.trainer.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        # Every worker restores the chief's latest checkpoint (a non-chief's own folder is private).
+        path = (
+            self.manager.latest_checkpoint
+            if self.chief
+            else _tf().train.latest_checkpoint(str(self.dirs.checkpoints))
+        )
+        self.trainer.checkpoint.restore(path).assert_existing_objects_matched()
         log.info(
-            f"resumed {self.manager.latest_checkpoint}: epoch {self.value('epoch') + 1}, "
+            f"resumed {path}: epoch {self.value('epoch') + 1}, "
             f"batch {self.value('batch')}, step {self.value('step')}"
         )
 
@@ -1505,10 +1513,25 @@ def train(cfg, run_name: str | None = None, resume: bool = False, strategy="defa
     if params.on_the_fly:
         cfg = with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
     dirs = RunDirs.from_config(cfg, run_name or params.run_name)
-    restoring = prepare_run(cfg, dirs, resume, overwrite)
-    with run_lock(dirs.checkpoints), _sigterm_saves():
+    # Multi-worker: the chief alone checks, clears and locks the (shared) run folder; the others
+    # restore whatever checkpoint the chief restores.
+    chief = strategy != "multiworker" or cluster.is_chief_task()
+    if chief:
+        restoring = prepare_run(cfg, dirs, resume, overwrite)
+    else:
+        restoring = resume and _tf().train.latest_checkpoint(str(dirs.checkpoints)) is not None
+    with run_lock(dirs.checkpoints) if chief else contextlib.nullcontext(), _sigterm_saves():
         _seed_everything(params.seed, params.deterministic)
-        Run(cfg, params, dirs, make_strategy(strategy), restoring, progress).fit()
+        try:
+            Run(cfg, params, dirs, make_strategy(strategy), restoring, progress).fit()
+        except Exception as e:
+            reason = cluster.worker_failure(e) if strategy == "multiworker" else None
+            if reason is None:
+                raise
+            raise utils.PipelineError(
+                f"train.py: multi-worker training stopped: a worker is gone or unreachable ({reason}); "
+                "restart every worker with --resume"
+            ) from e
     return dirs.checkpoints
 
 

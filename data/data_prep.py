@@ -17,6 +17,10 @@ Outputs, inside output_path:
                          noise_start_s, gain; paths relative to output_path),
   data_prep_state_<split>.json (hash of the settings and the source list), data_prep_config.ini.
 
+Several machines: --shard I/N mixes the I-th of N contiguous blocks of each split's indices into
+manifest_<split>.shard-I-of-N.csv (same wav names, same bytes); --merge-shards N then writes the
+manifest and skipped list one unsharded run would have written (shards.py).
+
 A re-run with the same settings completes missing mixtures (an interrupted run resumes); a re-run with
 different settings or sources refuses unless --overwrite, which first removes that split's outputs.
 Sources (.wav/.flac/.ogg, searched recursively, any rate, any channel count) are never modified;
@@ -45,6 +49,7 @@ import soundfile as sf
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as `python data/data_prep.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import shards  # noqa: E402
 import utils  # noqa: E402
 
 SPLITS = {"training": 0, "testing": 1}  # the split id is part of every mixture's random seed
@@ -547,6 +552,7 @@ def split_outputs(out: Path, split: str) -> list[Path]:
         if d.is_dir():
             found += [Path(e.path) for e in os.scandir(d) if e.is_file() and _is_ours(e.name)]
     found += [p for p in (out / f"manifest_{split}.csv",) if p.exists()]
+    found += sorted(out.glob(f"manifest_{split}.shard-*-of-*.csv"))  # of --shard runs not yet merged
     return found
 
 
@@ -736,14 +742,17 @@ def _warn_skipped(items: list[tuple[str, str]], shown: int = 5) -> None:
         log.warning(f"skipped {len(short) - shown} more files that are too short (listed in the summary)")
 
 
-def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStats:
+def run_split(plan: SplitPlan, workers: int, progress: bool = True, shard=None) -> SplitStats:
+    """Mixes the split (shard: only its block of mixture indices, into manifest_<split>.<shard>.csv
+    and data_prep_skipped_<split>.<shard>.csv; shards.merge_data_prep joins them)."""
     from tqdm import tqdm
 
     out = Path(plan.job.output_path)
     started = time.perf_counter()
     if plan.action == "overwrite":
         remove_outputs(out, plan.split)
-    remove_leftovers(out, plan.split)
+    if shard is None:  # (other shards may be writing their temp files into the same folders)
+        remove_leftovers(out, plan.split)
     for folder in FOLDERS:
         (out / folder.format(plan.split)).mkdir(parents=True, exist_ok=True)
     with utils.atomic_write(plan.state_path, "w") as f:
@@ -755,8 +764,15 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStat
     _warn_skipped(plan.skipped)
     total = ChunkResult()
     chunks = _chunks(plan.total, workers)
+    n_mix = plan.total
+    if shard is not None:
+        mine = shard.block(plan.total)  # positions 0..total-1 of mixtures 1..total
+        lo, hi = mine.start + 1, mine.stop + 1
+        chunks = [range(max(c.start, lo), min(c.stop, hi)) for c in chunks if c.start < hi and c.stop > lo]
+        n_mix = len(mine)
     workers = min(workers, len(chunks))
-    bar = tqdm(total=plan.total, desc=f"mixing {plan.split}", unit="mix", disable=None if progress else True)
+    desc = f"mixing {plan.split}" + (f" {shard.label}" if shard else "")
+    bar = tqdm(total=n_mix, desc=desc, unit="mix", disable=None if progress else True)
 
     def collect(res: ChunkResult) -> None:
         total.rows += res.rows
@@ -789,16 +805,17 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True) -> SplitStat
                     raise
     finally:
         bar.close()
-    manifest = out / f"manifest_{plan.split}.csv"
+    part = f".{shard.label}" if shard else ""
+    manifest = out / f"manifest_{plan.split}{part}.csv"
     write_manifest(manifest, total.rows)
-    skipped_csv = out / f"data_prep_skipped_{plan.split}.csv"
+    skipped_csv = out / f"data_prep_skipped_{plan.split}{part}.csv"
     if skipped:
         with utils.atomic_write(skipped_csv, "w") as f:
             csv.writer(f, lineterminator="\n").writerows([("path", "reason"), *sorted(skipped.items())])
     else:
         skipped_csv.unlink(missing_ok=True)
     return SplitStats(
-        plan.split, plan.total, total.written, total.resumed, time.perf_counter() - started,
+        plan.split, n_mix, total.written, total.resumed, time.perf_counter() - started,
         skipped, total.notes, manifest,
     )  # fmt: skip
 
@@ -818,8 +835,14 @@ def _skip_empty_split(out: Path, split: str, overwrite: bool) -> None:
 
 
 def prepare(cfg, splits=("training", "testing"), workers: int | None = None, overwrite: bool = False,
-            progress: bool = True) -> list[SplitStats]:  # fmt: skip
-    """Mixes the given splits; every check (sources, state) runs before anything is written."""
+            progress: bool = True, shard=None) -> list[SplitStats]:  # fmt: skip
+    """Mixes the given splits; every check (sources, state) runs before anything is written.
+    shard (shards.Shard): only its block of each split's mixtures (see run_split)."""
+    if shard is not None and overwrite:
+        raise utils.PipelineError(
+            "--overwrite with --shard: shards share the output folder; remove the old outputs first "
+            "(or run one unsharded --overwrite)"
+        )
     settings = Settings.from_config(cfg, workers)
     n_workers = settings.workers or os.cpu_count() or 1
     plans = [plan_split(settings, s) for s in splits if settings.totals[s] > 0]
@@ -830,7 +853,7 @@ def prepare(cfg, splits=("training", "testing"), workers: int | None = None, ove
     settings.output_path.mkdir(parents=True, exist_ok=True)
     cfg.set("data", "workers", str(settings.workers))
     utils.save_config(cfg, settings.output_path / "data_prep_config.ini")
-    return [run_split(plan, n_workers, progress) for plan in plans]
+    return [run_split(plan, n_workers, progress, shard) for plan in plans]
 
 
 def print_summary(stats: list[SplitStats], out=None, shown: int = 10) -> None:
@@ -871,6 +894,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace outputs made with other settings (removes them first)",
     )
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument(
+        "--shard", type=shards.shard_arg, metavar="I/N",
+        help="mix only the I-th of N contiguous blocks of each split's mixtures (one per machine); "
+        "writes manifest_<split>.shard-I-of-N.csv; then --merge-shards N",
+    )  # fmt: skip
+    shard.add_argument(
+        "--merge-shards", type=shards.merge_arg, metavar="N",
+        help="join the N shards' manifests (all in output_path) into manifest_<split>.csv, byte-identical "
+        "to one unsharded run",
+    )  # fmt: skip
     return parser
 
 
@@ -880,7 +914,11 @@ def main(argv=None) -> int:
         raise utils.PipelineError(f"--workers {args.workers}: must be >= 0")
     cfg = utils.load_config(args.config, args.overrides)
     splits = ("training", "testing") if args.split == "both" else (args.split,)
-    stats = prepare(cfg, splits, args.workers, args.overwrite)
+    if args.merge_shards:
+        for line in shards.merge_data_prep(cfg, args.merge_shards, splits):
+            print(line)
+        return 0
+    stats = prepare(cfg, splits, args.workers, args.overwrite, shard=args.shard)
     print_summary(stats)
     return 0
 
