@@ -773,7 +773,8 @@ def evaluate(
             wanted = set(indices)
             return page_audio([t for t in tasks if t["index"] in wanted], loaded, p, baseline_list, batch)
 
-        listening_page.write_page(folder, summary, rows, audio_for, p, page_examples, plots)
+        title = f"Listening page: {final.name}"  # the folder it ends up in, not the staging folder
+        listening_page.write_page(folder, summary, rows, audio_for, p, page_examples, plots, title)
 
     try:
         summary = _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped,

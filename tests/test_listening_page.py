@@ -118,6 +118,12 @@ def test_every_link_resolves_to_a_file_beside_the_page(page_run):
     assert {p.name for p in listen.iterdir()} == {Path(s).name for s in page.links if s.startswith("listen/")}
 
 
+def test_the_title_names_the_results_folder(page_run):
+    out, _ = page_run
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert f"<title>Listening page: {out.name}</title>" in text  # not the hidden staging folder
+
+
 def test_each_player_is_a_16_bit_wav_of_the_input_length(page_run):
     out, data = page_run
     page = _page(out)
