@@ -183,6 +183,7 @@ def read_events(folder: Path) -> dict:
     return tags
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, tmp_path):
     import model
 
@@ -271,7 +272,7 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg_b2, "run", resume=True, progress=False)
     monkeypatch.setattr(train.Trainer, "train_step", original)
-    train.train(cfg_b2, "run", resume=True, progress=False)
+    resumed = model.load_trained(train.train(cfg_b2, "run", resume=True, progress=False) / "best")[0]
 
     weights = {}
     for name, cfg_x in (("a", cfg), ("b", cfg_b2)):
@@ -284,7 +285,9 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
         weights[name] = trainer.weights()
     for wa, wb in zip(weights["a"], weights["b"]):
         np.testing.assert_allclose(wa, wb, atol=1e-5)
-    assert ckpt_a.is_dir() and straight is not None
+    assert ckpt_a.is_dir()
+    # the best model (chosen by validation) is the same too
+    assert_same_weights(straight.get_weights(), resumed.get_weights())
     # TensorBoard continuity: the resumed runs continue the step count in the same folder
     steps = [s for s, _ in read_events(Path(cfg_b2["paths"]["log_dir"]) / "run" / "train")["batch/loss"]]
     assert sorted(set(steps)) == list(range(1, 7))
@@ -328,6 +331,7 @@ def interrupt_after_step(monkeypatch, n: int, error: BaseException):
     return lambda: monkeypatch.setattr(train.Trainer, "train_step", original)
 
 
+@pytest.mark.slow
 def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
     """KeyboardInterrupt after the step's update ran but before the loop saw its result: the saved
     checkpoint must count that batch, so --resume does not apply it twice."""
@@ -340,6 +344,7 @@ def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monke
     assert_same_weights(latest_weights(cfg), straight_weights)
 
 
+@pytest.mark.slow
 def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
     data_root, tmp_path, monkeypatch, straight_weights
 ):
@@ -380,6 +385,7 @@ def test_learning_rate_halves_every_lr_halving_steps(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
     folder = fake_run_folder(cfg)
@@ -404,6 +410,7 @@ def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     assert train.prepare_run(utils.load_config(tmp_path / "config.ini", allowed), dirs, True, False) is True
 
 
+@pytest.mark.slow
 def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, caplog):
     import shutil
 
@@ -718,6 +725,7 @@ def test_mix_dataset_is_deterministic_whatever_the_parallelism(data_root, tmp_pa
     assert not np.array_equal(one[0][0], batches(2, 1)[0][0])  # another epoch, other mixtures
 
 
+@pytest.mark.slow
 def test_on_the_fly_training_runs_end_to_end_without_the_training_cache(data_root, tmp_path, mix_sources):
     import shutil
 
@@ -753,6 +761,7 @@ def test_on_the_fly_resume_after_a_crash_is_exact(data_root, tmp_path, mix_sourc
     assert_same_weights(latest_weights(cfg_b), latest_weights(cfg_a))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_on_the_fly_settings(data_root, tmp_path, mix_sources):
     cfg = otf_cfg(tmp_path, data_root, mix_sources)
     fake_run_folder(train.with_data_settings(cfg))
@@ -831,6 +840,7 @@ def test_warm_up_and_cosine_decay(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
     import model as model_lib
 
@@ -854,6 +864,7 @@ def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
         train.train(other, "other", progress=False)
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp(data_root, tmp_path, monkeypatch):
     """TensorFlow writes ckpt-N_temp/ then renames it: a full disk leaves neither it nor a traceback;
     one left by a killed run is removed by the next one."""
