@@ -5,7 +5,7 @@
     python evaluate.py --run NAME --baselines noisereduce,rnnoise,deepfilternet   (make peers first)
 
 What is scored, per test mixture of <data_dir>/manifest_testing.csv, always on waveforms against the
-TRUE clean wav (DESIGN.md section 3):
+TRUE clean wav (docs/design.md section 4):
   noisy       the input itself (the floor every system must beat)
   model       istft(M * X) with M the model's own complex mask on the noisy STFT X (never the clean
               phase, never the model applied to clean speech)

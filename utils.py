@@ -1,6 +1,6 @@
 """Plumbing shared by every script: config, audio I/O, atomic writes, seeding, logging.
 
-This module imports no other project module (see DESIGN.md section 2).
+This module imports no other project module (see docs/design.md section 2).
 """
 
 from __future__ import annotations

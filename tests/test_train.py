@@ -32,7 +32,7 @@ FAST = {
 
 
 def write_split(data: Path, split: str, seconds, seed: int) -> None:
-    """noisy = clean + noise pairs and a manifest in data_prep's layout (CONTRACT.md)."""
+    """noisy = clean + noise pairs and a manifest in data_prep's layout (docs/design.md section 3)."""
     rows = []
     for n, secs in enumerate(seconds):
         clean = speech_like(secs, seed + n)
