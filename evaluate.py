@@ -685,6 +685,7 @@ def evaluate(
     names = metrics.metric_names(metric_list)
     systems = ["noisy"] + (["model"] if model_dir is not None else [])
     systems += [f"oracle_{k}" for k in oracle_list] + baseline_list
+    default_bound = utils.config_default("model", "mask_bound")  # the model's, when its config predates it
     settings = {
         "stft": p,
         "metrics": metric_list,
@@ -692,7 +693,7 @@ def evaluate(
         "oracles": oracle_list,
         "baselines": baseline_list,
         "with_model": model_dir is not None,
-        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=math.inf),
+        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=default_bound),
         "engine": engine if model_dir is not None else None,
     }
     batch = cfg.getint("evaluate", "batch_size", fallback=8)

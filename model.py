@@ -114,10 +114,10 @@ class ModelParams:
 
 
 def _boolean(raw, what: str) -> bool:
-    value = str(raw).strip().lower()
-    if value not in configparser.ConfigParser.BOOLEAN_STATES:
-        raise utils.PipelineError(f"{what}={raw!r}: expected true or false")
-    return configparser.ConfigParser.BOOLEAN_STATES[value]
+    try:
+        return utils.parse_bool(raw)
+    except ValueError:
+        raise utils.PipelineError(f"{what}={raw!r}: expected true or false") from None
 
 
 def _source(cfg) -> str:

@@ -76,13 +76,20 @@ VAL_METRICS = ("sdr", "si_sdr", "snr")
 VAL_BATCH = 8
 # What a checkpoint's weights, optimizer state, data order and best_si_sdr depend on: --resume refuses
 # a change to these sections and [train] keys (validation_files too: best_si_sdr was measured on that
-# subset). epochs, validation_interval, checkpoint_steps, audio_examples, max_nonfinite_steps,
-# deterministic and run_name may change on resume.
+# subset). Every other [train] key is in RESUMABLE_TRAIN_KEYS: it may change on resume (data_config
+# only where the [data] sources and SNR range it names stay the same: MIX_DATA_KEYS). The two lists
+# cover TrainParams exactly (tests/test_train.py checks it); study_lookahead.py derives its
+# bookkeeping keys from RESUMABLE_TRAIN_KEYS.
 MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 FIXED_TRAIN_KEYS = (
     "seed", "batch_size", "crop_seconds", "learning_rate", "lr_halving_steps", "clip_norm",
     "validation_files", "on_the_fly", "examples_per_epoch", "level_db_min", "level_db_max", "augment",
     "warmup_steps", "cosine_steps", "init_weights",
+)  # fmt: skip
+# The first five are named in --resume's refusal: the ones a user changes on purpose.
+RESUMABLE_TRAIN_KEYS = (
+    "epochs", "validation_interval", "checkpoint_steps", "audio_examples", "max_nonfinite_steps",
+    "deterministic", "run_name", "data_config",
 )  # fmt: skip
 # A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
 # many dB in the epoch mean, so silencing files can never raise the score that picks best/.
@@ -176,11 +183,7 @@ class TrainParams:
 def _parse(raw: str, kind):
     """A [train] value as the field's type; ValueError when it is not one."""
     if kind is bool:
-        states = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
-                  "off": False}  # fmt: skip
-        if raw.lower() not in states:
-            raise ValueError(raw)
-        return states[raw.lower()]
+        return utils.parse_bool(raw)
     return int(float(raw)) if kind is int else kind(raw)
 
 
@@ -1089,8 +1092,7 @@ def prepare_run(cfg, dirs: RunDirs, resume: bool, overwrite: bool) -> bool:
         if diffs:
             raise utils.PipelineError(
                 f"train.py: --resume with other settings than {saved} ({'; '.join(diffs[:3])}); only "
-                "epochs, validation_interval, checkpoint_steps, audio_examples and max_nonfinite_steps "
-                "may change"
+                f"{', '.join(RESUMABLE_TRAIN_KEYS[:4])} and {RESUMABLE_TRAIN_KEYS[4]} may change"
             )
     return True
 
@@ -1283,7 +1285,7 @@ class Run:
             else tf.summary.create_noop_writer()
             for name in ("train", "validation")
         }  # fmt: skip
-        self.mask_bound = cfg.getfloat("model", "mask_bound", fallback=2.0)
+        self.mask_bound = self.trainer.model_lib.ModelParams.from_config(cfg).mask_bound
 
     def value(self, name: str):
         """A training-state variable as a Python number."""

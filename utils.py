@@ -195,6 +195,7 @@ LOWER_BOUNDS = {
 }  # fmt: skip
 # Written by evaluate.py (results/<run>/config.ini) and enhance.py (enhance_config.ini) to record a run.
 RECORD_KEYS = {"evaluate": {"model_dir", "limit"}, "enhance": {"model", "streaming", "channels"}}
+# configparser's BOOLEAN_STATES: what parse_bool accepts.
 _BOOLEANS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
              "off": False}  # fmt: skip
 KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
@@ -212,7 +213,17 @@ def _kind_of(section: str, key: str, default: str) -> str:
         return "str"
 
 
+def parse_bool(raw) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case, surrounding blanks ignored); ValueError otherwise.
+    The one boolean parser of every config value."""
+    text = str(raw).strip().lower()
+    if text not in _BOOLEANS:
+        raise ValueError(f"{raw!r}: expected true or false")
+    return _BOOLEANS[text]
+
+
 _SCHEMA: dict[str, dict[str, str]] = {}
+_DEFAULTS: dict[str, dict[str, str]] = {}
 
 
 def config_schema() -> dict[str, dict[str, str]]:
@@ -224,9 +235,18 @@ def config_schema() -> dict[str, dict[str, str]]:
             raw.read(path)
             for section in raw.sections():
                 keys = _SCHEMA.setdefault(section, {})
+                defaults = _DEFAULTS.setdefault(section, {})
                 for key, default in raw.items(section):
                     keys[key] = _kind_of(section, key, default)
+                    defaults[key] = default.strip()
     return _SCHEMA
+
+
+def config_default(section: str, key: str):
+    """The shipped default of section.key (config.ini or data/config.ini), as its schema type: the
+    fallback for a saved config that predates the key."""
+    config_schema()
+    return parse_value(section, key, _DEFAULTS[section][key], f"{DEFAULT_CONFIG.name}: [{section}] {key}")
 
 
 def _closest(name: str, options) -> str:
@@ -265,9 +285,10 @@ def parse_value(section: str, key: str, raw: str, where: str):
     if kind == "str":
         return text
     if kind == "bool":
-        if text.lower() not in _BOOLEANS:
-            raise PipelineError(bad)
-        return _BOOLEANS[text.lower()]
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise PipelineError(bad) from None
     try:
         value = float(text)
     except ValueError:

@@ -385,6 +385,17 @@ def test_learning_rate_halves_every_lr_halving_steps(tmp_path):
         )
 
 
+def test_every_train_key_is_either_fixed_or_resumable_and_defaults_match_config_ini():
+    from dataclasses import fields
+
+    names = [f.name for f in fields(train.TrainParams)]
+    assert sorted(train.FIXED_TRAIN_KEYS + train.RESUMABLE_TRAIN_KEYS) == sorted(names)
+    assert not set(train.FIXED_TRAIN_KEYS) & set(train.RESUMABLE_TRAIN_KEYS)
+    # one default per key: TrainParams' defaults are config.ini's
+    shipped = utils.load_config(utils.DEFAULT_CONFIG)
+    assert train.TrainParams.from_config(shipped) == train.TrainParams()
+
+
 @pytest.mark.slow
 def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)

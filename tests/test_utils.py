@@ -28,6 +28,24 @@ def test_bad_override(bad):
         utils.load_config(utils.DEFAULT_CONFIG, [bad])
 
 
+@pytest.mark.parametrize(
+    "raw, value", [("true", True), (" On", True), ("1", True), ("no", False), ("OFF ", False)]
+)
+def test_parse_bool(raw, value):
+    assert utils.parse_bool(raw) is value
+
+
+def test_parse_bool_refuses_other_words():
+    with pytest.raises(ValueError, match="true or false"):
+        utils.parse_bool("maybe")
+
+
+def test_config_default_is_the_shipped_value_as_its_type():
+    assert utils.config_default("model", "mask_bound") == 2.0
+    assert utils.config_default("train", "on_the_fly") is False
+    assert utils.config_default("data", "sample_rate") == 16000
+
+
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "out.bin"
     with pytest.raises(RuntimeError), utils.atomic_write(target) as f:
