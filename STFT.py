@@ -454,7 +454,7 @@ def _n_samples(path: Path, sample_rate: int) -> int:
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise utils.AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        raise utils.AudioError(path, utils.unreadable(e)) from e
     if info.frames <= 0:
         raise utils.AudioError(path, "empty (0 samples)")
     if info.samplerate == sample_rate:

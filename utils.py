@@ -403,12 +403,31 @@ def manifest_name(name: str) -> str:
     return Path(str(name).strip()).as_posix()
 
 
-def find_audio(folder: Path | str) -> list[Path]:
-    """All audio files under `folder` (recursive), sorted so results do not depend on the OS."""
+def find_audio(folder: Path | str, extensions=AUDIO_EXTENSIONS) -> list[Path]:
+    """The files under `folder` (recursive) whose extension is one of `extensions`, sorted so results
+    do not depend on the OS. The default, AUDIO_EXTENSIONS, is what data_prep and on-the-fly mixing
+    take as sources; enhance.py takes every format libsndfile reads (readable_extensions())."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: folder not found")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    exts = {e.lower() for e in extensions}
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def readable_extensions() -> tuple[str, ...]:
+    """Extensions of every format this libsndfile reads (.wav .flac .aiff .au .mp3 ...).
+
+    RAW is left out: headerless files cannot be read without being told their rate and encoding.
+    """
+    formats = sf.available_formats()
+    exts = {f".{name.lower()}" for name in formats if name != "RAW"}
+    if "AIFF" in formats:
+        exts |= {".aif", ".aiff"}
+    if "MP3" in formats:
+        exts.add(".mp3")
+    if "OGG" in formats and "OPUS" in sf.available_subtypes("OGG"):
+        exts.add(".opus")
+    return tuple(sorted(exts))
 
 
 # ----------------------------------------------------------------------------- audio
@@ -424,7 +443,7 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        raise AudioError(path, unreadable(e)) from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty (0 samples)")
     if not np.all(np.isfinite(data)):
@@ -437,6 +456,12 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
         data = resample(data, sr, sample_rate)
         sr = sample_rate
     return np.ascontiguousarray(data, dtype=np.float32), sr
+
+
+def unreadable(e: Exception) -> str:
+    """AudioError's reason for a file libsndfile could not decode (it raises several types)."""
+    text = str(e).splitlines()[0] if str(e).strip() else e.__class__.__name__
+    return f"unreadable audio ({text[:120]})"
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -163,11 +163,6 @@ class Source:
         )
 
 
-def _reason(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-    return f"unreadable audio ({text[:120]})"
-
-
 def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -> tuple[list, list, list]:
     """Lists a folder's audio cheaply (headers only).
 
@@ -181,7 +176,7 @@ def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -
         try:
             info = sf.info(str(p))
         except Exception as e:  # libsndfile raises several types for the same meaning
-            skipped.append((str(p), _reason(e)))
+            skipped.append((str(p), utils.unreadable(e)))
             continue
         src = Source(str(p), int(info.frames), int(info.samplerate), str(info.format))
         if src.frames <= 0:
@@ -196,19 +191,8 @@ def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -
 
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
-    """utils.read_audio's checks and result (mono float32 at sample_rate), minus its slow mono copy."""
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile raises several types for the same meaning
-        raise utils.AudioError(path, _reason(e)) from e
-    if data.shape[0] == 0:
-        raise utils.AudioError(path, "empty (0 samples)")
-    if not np.isfinite(data).all():
-        raise utils.AudioError(path, "contains NaN or Inf samples")
-    if not data.any():
-        raise utils.AudioError(path, "silent (all samples are zero)")
-    x = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(utils.resample(x, sr, sample_rate), dtype=np.float32)
+    """A whole source, mono float32 at sample_rate, with utils.read_audio's checks (AudioError)."""
+    return utils.read_audio(path, sample_rate)[0]
 
 
 class SourceReader:
@@ -248,7 +232,7 @@ class SourceReader:
         try:
             x, _ = sf.read(src.path, start=start, stop=start + n, dtype="float32", always_2d=True)
         except Exception as e:
-            raise utils.AudioError(src.path, _reason(e)) from e
+            raise utils.AudioError(src.path, utils.unreadable(e)) from e
         if len(x) != n:
             raise utils.AudioError(src.path, "shorter than its header says")
         return x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)

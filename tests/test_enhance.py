@@ -382,7 +382,7 @@ def test_output_mode_follows_umask(tmp_path, enhancers, umask):
 
 
 def test_folder_scan_finds_every_libsndfile_format(tmp_path, capsys, causal_dir):
-    exts = enhance.audio_extensions()
+    exts = utils.readable_extensions()
     assert {".wav", ".flac", ".ogg", ".aif", ".aiff", ".au"} <= set(exts) and ".raw" not in exts
     d = tmp_path / "in"
     d.mkdir()
