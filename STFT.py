@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import manifests
 import utils
 
 
@@ -299,7 +300,6 @@ INDEX_COLUMNS = (
     *("row", "manifest_index", "offset", "n_frames", "n_samples"),
     *("noisy", "clean", "noise", "snr_db"),
 )
-MANIFEST_COLUMNS = ("index", "noisy", "clean", "noise", "snr_db")
 _TMP_SUFFIX = ".tmp"  # temp folders are <target>.<pid>.tmp (matched by .gitignore's *.tmp)
 
 
@@ -349,7 +349,7 @@ def cache_dir(cfg, split: str) -> Path:
 
 
 def manifest_path(cfg, split: str) -> Path:
-    return utils.get_path(cfg, "data_dir") / f"manifest_{split}.csv"
+    return manifests.path(cfg, split)
 
 
 def load_cache(folder) -> StftCache:
@@ -399,16 +399,7 @@ class _Example:
 
 
 def _read_manifest(path: Path) -> list[_Example]:
-    if not path.is_file():
-        raise utils.PipelineError(f"{path}: manifest not found (run data/data_prep.py first)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise utils.PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
-        rows = list(reader)
-    if not rows:
-        raise utils.PipelineError(f"{path}: no examples")
+    rows = manifests.read_rows(path)
     base = path.resolve().parent
     out = []
     for r in rows:

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 import listening_page
+import manifests
 import metrics
 import STFT
 import utils
@@ -298,13 +299,7 @@ def score_task(task: dict) -> list[dict]:
 
 def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
     """Rows of manifest_testing.csv with absolute paths (relative to the manifest's folder)."""
-    if not path.is_file():
-        raise utils.PipelineError(f"{path}: test manifest not found (run data/data_prep.py first)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"index", "noisy", "clean", "snr_db"} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise utils.PipelineError(f"{path}: no rows or missing columns {sorted(missing)}")
+    rows = manifests.read_rows(path, ("index", "noisy", "clean", "snr_db"), "test manifest")
     tasks = []
     for line, r in enumerate(rows[:limit] if limit else rows, start=2):
         try:
@@ -576,7 +571,7 @@ def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[di
         record = json.loads(path.read_text())
         identity = record.get("validation_files")
         indices = {int(i) for i in record.get("validation_manifest_indices", [])}
-        names = {utils.manifest_name(n) for n in identity["noisy"]} if identity else set()
+        names = {manifests.name(n) for n in identity["noisy"]} if identity else set()
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         print(f"warning: {path}: unreadable validation files ({e}); none excluded", file=sys.stderr)
         return set()
@@ -588,10 +583,10 @@ def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[di
         sums = dict(zip(identity["noisy"], identity.get("noisy_sha256") or [], strict=False))
         held = set()
         for t in tasks:
-            name = utils.manifest_name(t["noisy_rel"])
+            name = manifests.name(t["noisy_rel"])
             if name in names and sums.get(name) in (None, _sha256_or_none(t["noisy"])):
                 held.add(t["index"])
-        if len(held) < len(names & {utils.manifest_name(t["noisy_rel"]) for t in tasks}):
+        if len(held) < len(names & {manifests.name(t["noisy_rel"]) for t in tasks}):
             print(f"warning: {path}: some validation files named there differ from those in {manifest} "
                   "(sha256); those are not excluded", file=sys.stderr)  # fmt: skip
         return held

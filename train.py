@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -64,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
+import manifests
 import STFT
 import utils
 
@@ -915,8 +915,8 @@ class Validator:
         self.identity = {"manifest": str(manifest), "manifest_sha256": None, "noisy": []}
         if manifest.is_file():
             self.identity["manifest_sha256"] = utils.file_sha256(manifest)
-            with open(manifest, newline="") as f:
-                names = {r["index"].strip(): utils.manifest_name(r["noisy"]) for r in csv.DictReader(f)}
+            rows = manifests.read_rows(manifest, ("index", "noisy"))
+            names = {r["index"].strip(): manifests.name(r["noisy"]) for r in rows}
             self.identity["noisy"] = [names.get(str(i), "") for i in self.manifest_indices]
         self.identity["noisy_sha256"] = [utils.file_sha256(cache.rows[i]["noisy"]) for i in range(n)]
         self.examples = []

@@ -398,11 +398,6 @@ def file_sha256(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def manifest_name(name: str) -> str:
-    """A manifest's file column as compared across scripts (stripped, forward slashes)."""
-    return Path(str(name).strip()).as_posix()
-
-
 def find_audio(folder: Path | str, extensions=AUDIO_EXTENSIONS) -> list[Path]:
     """The files under `folder` (recursive) whose extension is one of `extensions`, sorted so results
     do not depend on the OS. The default, AUDIO_EXTENSIONS, is what data_prep and on-the-fly mixing

@@ -45,6 +45,7 @@ import soundfile as sf
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as `python data/data_prep.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import manifests  # noqa: E402
 import utils  # noqa: E402
 
 SPLITS = {"training": 0, "testing": 1}  # the split id is part of every mixture's random seed
@@ -53,10 +54,7 @@ SPLIT_KEYS = {
     "testing": ("clean_test_path", "noise_test_path", "total_testing_files"),
 }
 FOLDERS = ("CleanSpeech_{}", "Noise_{}", "NoisySpeech_{}")
-MANIFEST_COLUMNS = (
-    "index", "noisy", "clean", "noise", "snr_db",
-    "clean_source", "clean_start_s", "noise_source", "noise_start_s", "gain",
-)  # fmt: skip
+MANIFEST_COLUMNS = manifests.WRITTEN
 
 PEAK = 0.99  # max |noisy| after the common anti-clipping gain
 ACTIVITY_FRAME_S = 0.02
@@ -688,10 +686,7 @@ def check_state(plan: SplitPlan, overwrite: bool) -> None:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    with utils.atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: r["index"]))
+    manifests.write(path, rows, MANIFEST_COLUMNS)
 
 
 def _chunks(total: int, workers: int) -> list[range]:
