@@ -522,21 +522,11 @@ def is_up_to_date(cfg, split: str) -> bool:
 # -- build
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**22  # exists but not ours (or an impossible pid)
-    return True
-
-
 def _remove_stale_temps(target: Path) -> None:
     """Deletes temp folders of interrupted builds (their process is gone)."""
     for tmp in target.parent.glob(f"{target.name}.*{_TMP_SUFFIX}"):
         pid = tmp.name[len(target.name) + 1 :].split(".")[0]
-        if tmp.is_dir() and (not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        if tmp.is_dir() and (not pid.isdigit() or int(pid) == os.getpid() or not utils.pid_alive(int(pid))):
             print(f"removing {tmp} (left by an interrupted run)")
             shutil.rmtree(tmp, ignore_errors=True)
 

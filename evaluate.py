@@ -532,16 +532,6 @@ def plot_metrics(rows, metric_names, systems, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN/Inf
-    return x
-
-
 def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["index", "snr_db", "system", *metric_names, "failures", "noisy_file"])
@@ -773,18 +763,8 @@ def _remove_stale_stages(final: Path) -> None:
     """Staging folders of evaluate runs that were killed (their process is gone)."""
     for stage in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         pid = stage.name[len(final.name) + 2 : -len(".tmp")]
-        if stage.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if stage.is_dir() and pid.isdigit() and not utils.pid_alive(int(pid)):
             shutil.rmtree(stage, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped, skipped,
@@ -835,7 +815,7 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
         utils.save_config(mcfg, out_dir / "model_config.ini")
     write_page(out_dir, summary, [path.name for path in plots])
     with utils.atomic_write(out_dir / "summary.json", "w") as f:  # last: marks a complete run
-        json.dump(_json_safe(summary), f, indent=2)
+        json.dump(utils.json_safe(summary), f, indent=2)
     summary["snr_table"] = table
     return summary
 

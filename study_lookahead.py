@@ -242,17 +242,7 @@ def read_json(path: Path) -> dict | None:
 
 def write_json(path: Path, obj) -> None:
     with utils.atomic_write(path, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2)
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+        json.dump(utils.json_safe(obj), f, indent=2)
 
 
 # ----------------------------------------------------------------------------- training

@@ -1116,18 +1116,8 @@ def _refuse_if_locked(folder: Path) -> None:
         pid = int((folder / ".lock").read_text().strip() or 0)
     except (OSError, ValueError):
         return
-    if pid and pid != os.getpid() and _pid_alive(pid):
+    if pid and pid != os.getpid() and utils.pid_alive(pid):
         raise utils.PipelineError(f"train.py: run folder {folder} is being trained by process {pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class History:

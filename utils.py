@@ -486,6 +486,28 @@ def peak_normalize(x: np.ndarray, peak: float = 0.99) -> np.ndarray:
 # ----------------------------------------------------------------------------- misc
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (ours or not): the owner test of a lock or a stale temp folder."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except PermissionError:  # exists but not ours
+        return True
+    return True
+
+
+def json_safe(x):
+    """x with every NaN/Inf float (at any depth of dicts, lists and tuples) as None: JSON has none."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

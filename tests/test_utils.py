@@ -137,3 +137,15 @@ def test_data_prep_workers_are_told_to_die_with_the_parent(monkeypatch):
     monkeypatch.setattr(data_prep, "Mixer", lambda job: job)
     data_prep._init_worker("job", 4242)
     assert seen == [4242]
+
+
+def test_pid_alive():
+    import os
+
+    assert utils.pid_alive(os.getpid())
+    assert not utils.pid_alive(2**40)  # no process can have it (OverflowError or ESRCH)
+
+
+def test_json_safe_replaces_non_finite_floats_at_any_depth():
+    x = {"a": [1.0, float("nan"), (float("inf"), 2)], "b": {"c": -float("inf")}, "d": "text"}
+    assert utils.json_safe(x) == {"a": [1.0, None, [None, 2]], "b": {"c": None}, "d": "text"}
