@@ -52,7 +52,6 @@ import errno
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -825,14 +824,12 @@ class _Writer:
         self.clip = not subtype.startswith(("FLOAT", "DOUBLE", "VORBIS", "OPUS"))
 
     def __enter__(self):
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.dst.name}.", suffix=".tmp", dir=self.dst.parent)
-        os.close(fd)
+        self._replace = utils.atomic_path(self.dst)  # renamed over dst by __exit__, or removed
+        self.tmp = self._replace.__enter__()
         try:
             self.file = sf.SoundFile(self.tmp, "w", self.sr, self.channels, self.subtype, format=self.fmt)
-        except BaseException:  # __exit__ never runs when __enter__ fails: remove the temp file here
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+        except BaseException as e:  # __exit__ never runs when __enter__ fails: remove the temp file here
+            self._replace.__exit__(type(e), e, e.__traceback__)
             raise
         return self
 
@@ -854,16 +851,10 @@ class _Writer:
                 self.file.close()
             except sf.LibsndfileError as e:
                 raise _write_error(e, self.dst) from e
-            if exc_type is None:
-                with open(self.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files (as utils.atomic_write)
-                os.replace(self.tmp, self.dst)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+        except BaseException as e:
+            self._replace.__exit__(type(e), e, e.__traceback__)  # removes the temp file
+            raise
+        self._replace.__exit__(exc_type, exc, tb)  # renames on success (fsync, mode 0666 & ~umask)
         return False
 
 

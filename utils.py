@@ -314,26 +314,47 @@ def check_config(cfg: configparser.ConfigParser, where: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "wb"):
-    """Opens a temp file beside `path` and renames it over `path` only on success."""
+def atomic_path(path: Path | str, suffix: str = ".tmp", fsync: bool = True):
+    """The one atomic-replace helper: yields the name of an empty temp file beside `path`
+    (.NAME.XXXX<suffix>, hidden) for the block to write by any means (a library that wants a file
+    name); renames it over `path` with the usual file mode only when the block succeeds, else removes
+    it. fsync=False skips the flush to disk (data_prep: a size check on resume replaces it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual mode
         os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # f.write's ENOSPC names no file: name it
-            e.filename = str(path)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: str = "wb"):
+    """Opens a temp file beside `path` and renames it over `path` only on success (atomic_path)."""
+    path = Path(path)
+    with atomic_path(path, fsync=False) as tmp:
+        try:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is None:  # f.write's ENOSPC names no file: name it
+                e.filename = str(path)
+            raise
 
 
 @contextlib.contextmanager

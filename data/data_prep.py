@@ -341,13 +341,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     leaves a partial file under a final name, and resuming checks every file's exact size, which
     also catches a file that a power cut left empty.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with utils.atomic_path(path, fsync=False) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- one split's mixing

@@ -149,3 +149,20 @@ def test_pid_alive():
 def test_json_safe_replaces_non_finite_floats_at_any_depth():
     x = {"a": [1.0, float("nan"), (float("inf"), 2)], "b": {"c": -float("inf")}, "d": "text"}
     assert utils.json_safe(x) == {"a": [1.0, None, [None, 2]], "b": {"c": None}, "d": "text"}
+
+
+def test_atomic_path_renames_on_success_and_removes_the_temp_on_error(tmp_path):
+    import os
+
+    target = tmp_path / "sub" / "out.bin"
+    with utils.atomic_path(target, suffix=".weights.h5") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".weights.h5") and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), utils.atomic_path(target, fsync=False) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
