@@ -5,16 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data.demo_corpus import harmonic_speech as speech_like  # noqa: E402  (fixtures and tests use this name)
+from data.demo_corpus import harmonic_speech as speech_like  # fixtures and tests use this name
+
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pyproject's [tool.pytest] pythonpath
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
