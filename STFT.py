@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import manifests
 import shards
 import utils
 
@@ -302,7 +303,6 @@ INDEX_COLUMNS = (
     *("row", "manifest_index", "offset", "n_frames", "n_samples"),
     *("noisy", "clean", "noise", "snr_db"),
 )
-MANIFEST_COLUMNS = ("index", "noisy", "clean", "noise", "snr_db")
 _TMP_SUFFIX = ".tmp"  # temp folders are <target>.<pid>.tmp (matched by .gitignore's *.tmp)
 
 
@@ -352,7 +352,7 @@ def cache_dir(cfg, split: str) -> Path:
 
 
 def manifest_path(cfg, split: str) -> Path:
-    return utils.get_path(cfg, "data_dir") / f"manifest_{split}.csv"
+    return manifests.path(cfg, split)
 
 
 def load_cache(folder) -> StftCache:
@@ -402,16 +402,7 @@ class _Example:
 
 
 def _read_manifest(path: Path) -> list[_Example]:
-    if not path.is_file():
-        raise utils.PipelineError(f"{path}: manifest not found (run data/data_prep.py first)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise utils.PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
-        rows = list(reader)
-    if not rows:
-        raise utils.PipelineError(f"{path}: no examples")
+    rows = manifests.read_rows(path)
     base = path.resolve().parent
     out, seen = [], {}
     for line, r in enumerate(rows, 2):  # line 1 is the header
@@ -464,7 +455,7 @@ def _n_samples(path: Path, sample_rate: int) -> int:
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise utils.AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        raise utils.AudioError(path, utils.unreadable(e)) from e
     if info.frames <= 0:
         raise utils.AudioError(path, "empty (0 samples)")
     if info.samplerate == sample_rate:
@@ -541,21 +532,11 @@ def is_up_to_date(cfg, split: str) -> bool:
 # -- build
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**22  # exists but not ours (or an impossible pid)
-    return True
-
-
 def _remove_stale_temps(target: Path) -> None:
     """Deletes temp folders of interrupted builds (their process is gone)."""
     for tmp in target.parent.glob(f"{target.name}.*{_TMP_SUFFIX}"):
         pid = tmp.name[len(target.name) + 1 :].split(".")[0]
-        if tmp.is_dir() and (not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        if tmp.is_dir() and (not pid.isdigit() or int(pid) == os.getpid() or not utils.pid_alive(int(pid))):
             print(f"removing {tmp} (left by an interrupted run)")
             shutil.rmtree(tmp, ignore_errors=True)
 

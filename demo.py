@@ -54,7 +54,7 @@ QUICK_TRAIN = {
 
 
 def has_audio(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in utils.AUDIO_EXTENSIONS for p in folder.rglob("*"))
+    return folder.is_dir() and bool(utils.find_audio(folder))
 
 
 def choose_sources(corpus: Path | None, workdir: Path, quick: bool) -> tuple[dict[str, Path], str]:

@@ -52,7 +52,6 @@ import errno
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -630,7 +629,7 @@ class BaseEnhancer:
         try:
             info = sf.info(str(src))
         except Exception as e:
-            raise utils.AudioError(src, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+            raise utils.AudioError(src, utils.unreadable(e)) from e
         if info.frames <= 0:
             raise utils.AudioError(src, "empty (0 samples)")
         out_channels = info.channels if channels == "each" else 1
@@ -812,7 +811,7 @@ def _read_blocks(path: Path, block: int):
     except utils.AudioError:
         raise
     except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise utils.AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        raise utils.AudioError(path, utils.unreadable(e)) from e
 
 
 class _Writer:
@@ -825,14 +824,12 @@ class _Writer:
         self.clip = not subtype.startswith(("FLOAT", "DOUBLE", "VORBIS", "OPUS"))
 
     def __enter__(self):
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.dst.name}.", suffix=".tmp", dir=self.dst.parent)
-        os.close(fd)
+        self._replace = utils.atomic_path(self.dst)  # renamed over dst by __exit__, or removed
+        self.tmp = self._replace.__enter__()
         try:
             self.file = sf.SoundFile(self.tmp, "w", self.sr, self.channels, self.subtype, format=self.fmt)
-        except BaseException:  # __exit__ never runs when __enter__ fails: remove the temp file here
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+        except BaseException as e:  # __exit__ never runs when __enter__ fails: remove the temp file here
+            self._replace.__exit__(type(e), e, e.__traceback__)
             raise
         return self
 
@@ -854,14 +851,10 @@ class _Writer:
                 self.file.close()
             except sf.LibsndfileError as e:
                 raise _write_error(e, self.dst) from e
-            if exc_type is None:
-                with open(self.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                utils.give_usual_mode(self.tmp)
-                os.replace(self.tmp, self.dst)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+        except BaseException as e:
+            self._replace.__exit__(type(e), e, e.__traceback__)  # removes the temp file
+            raise
+        self._replace.__exit__(exc_type, exc, tb)  # renames on success (fsync, mode 0666 & ~umask)
         return False
 
 
@@ -878,35 +871,13 @@ def _write_error(e: Exception, dst: Path) -> Exception:
 # ----------------------------------------------------------------------------- command line
 
 
-def audio_extensions() -> tuple[str, ...]:
-    """Extensions of every format this libsndfile reads, for folder scans (.wav .flac .aiff .au .mp3 ...).
-
-    RAW is left out: headerless files cannot be read without being told their rate and encoding.
-    """
-    formats = sf.available_formats()
-    exts = {f".{name.lower()}" for name in formats if name != "RAW"}
-    if "AIFF" in formats:
-        exts |= {".aif", ".aiff"}
-    if "MP3" in formats:
-        exts.add(".mp3")
-    if "OGG" in formats and "OPUS" in sf.available_subtypes("OGG"):
-        exts.add(".opus")
-    return tuple(sorted(exts))
-
-
-def find_audio(folder: Path) -> list[Path]:
-    """Files under `folder` (recursive) with an extension of audio_extensions(), sorted."""
-    exts = set(audio_extensions())
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
-
-
 def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(file, path relative to the output folder) for every input; plus one error line per bad input."""
     found, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = find_audio(path)
+            files = utils.find_audio(path, utils.readable_extensions())
             if not files:
                 errors.append(f"{path}: no audio files in this folder (any format libsndfile reads: .wav, "
                               ".flac, .ogg, .aiff, .au, .mp3, ...)")  # fmt: skip

@@ -5,7 +5,7 @@
     python evaluate.py --run NAME --baselines noisereduce,rnnoise,deepfilternet   (make peers first)
 
 What is scored, per test mixture of <data_dir>/manifest_testing.csv, always on waveforms against the
-TRUE clean wav (DESIGN.md section 3):
+TRUE clean wav (docs/design.md section 4):
   noisy       the input itself (the floor every system must beat)
   model       istft(M * X) with M the model's own complex mask on the noisy STFT X (never the clean
               phase, never the model applied to clean speech)
@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 import listening_page
+import manifests
 import metrics
 import shards
 import STFT
@@ -302,13 +303,7 @@ def score_task(task: dict) -> list[dict]:
 
 def read_manifest(path: Path, limit: int | None = None) -> list[dict]:
     """Rows of manifest_testing.csv with absolute paths (relative to the manifest's folder)."""
-    if not path.is_file():
-        raise utils.PipelineError(f"{path}: test manifest not found (run data/data_prep.py first)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"index", "noisy", "clean", "snr_db"} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise utils.PipelineError(f"{path}: no rows or missing columns {sorted(missing)}")
+    rows = manifests.read_rows(path, ("index", "noisy", "clean", "snr_db"), "test manifest")
     tasks = []
     for line, r in enumerate(rows[:limit] if limit else rows, start=2):
         try:
@@ -541,16 +536,6 @@ def plot_metrics(rows, metric_names, systems, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN/Inf
-    return x
-
-
 def write_results_csv(path: Path, rows: list[dict], metric_names: list[str]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["index", "snr_db", "system", *metric_names, "failures", "noisy_file"])
@@ -580,7 +565,7 @@ def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[di
         record = json.loads(path.read_text())
         identity = record.get("validation_files")
         indices = {int(i) for i in record.get("validation_manifest_indices", [])}
-        names = {utils.manifest_name(n) for n in identity["noisy"]} if identity else set()
+        names = {manifests.name(n) for n in identity["noisy"]} if identity else set()
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         print(f"warning: {path}: unreadable validation files ({e}); none excluded", file=sys.stderr)
         return set()
@@ -592,10 +577,10 @@ def validation_exclusions(model_dir: Path | None, manifest: Path, tasks: list[di
         sums = dict(zip(identity["noisy"], identity.get("noisy_sha256") or [], strict=False))
         held = set()
         for t in tasks:
-            name = utils.manifest_name(t["noisy_rel"])
+            name = manifests.name(t["noisy_rel"])
             if name in names and sums.get(name) in (None, _sha256_or_none(t["noisy"])):
                 held.add(t["index"])
-        if len(held) < len(names & {utils.manifest_name(t["noisy_rel"]) for t in tasks}):
+        if len(held) < len(names & {manifests.name(t["noisy_rel"]) for t in tasks}):
             print(f"warning: {path}: some validation files named there differ from those in {manifest} "
                   "(sha256); those are not excluded", file=sys.stderr)  # fmt: skip
         return held
@@ -693,6 +678,7 @@ def evaluate(
     names = metrics.metric_names(metric_list)
     systems = ["noisy"] + (["model"] if model_dir is not None else [])
     systems += [f"oracle_{k}" for k in oracle_list] + baseline_list
+    default_bound = utils.config_default("model", "mask_bound")  # the model's, when its config predates it
     settings = {
         "stft": p,
         "metrics": metric_list,
@@ -700,7 +686,7 @@ def evaluate(
         "oracles": oracle_list,
         "baselines": baseline_list,
         "with_model": model_dir is not None,
-        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=math.inf),
+        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=default_bound),
         "engine": engine if model_dir is not None else None,
     }
     batch = cfg.getint("evaluate", "batch_size", fallback=8)
@@ -797,18 +783,8 @@ def _remove_stale_stages(final: Path) -> None:
     """Staging folders of evaluate runs that were killed (their process is gone)."""
     for stage in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
         pid = stage.name[len(final.name) + 2 : -len(".tmp")]
-        if stage.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if stage.is_dir() and pid.isdigit() and not utils.pid_alive(int(pid)):
             shutil.rmtree(stage, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, tasks, dropped, skipped,
@@ -859,7 +835,7 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
         utils.save_config(mcfg, out_dir / "model_config.ini")
     write_page(out_dir, summary, [path.name for path in plots])
     with utils.atomic_write(out_dir / "summary.json", "w") as f:  # last: marks a complete run
-        json.dump(_json_safe(summary), f, indent=2)
+        json.dump(utils.json_safe(summary), f, indent=2)
     summary["snr_table"] = table
     return summary
 

@@ -1,6 +1,6 @@
 """Speech-enhancement metrics on waveforms: SDR, SI-SDR, SNR(i), PESQ, STOI.
 
-Every metric compares an estimate with the TRUE clean reference (DESIGN.md section 3). Pairwise
+Every metric compares an estimate with the TRUE clean reference (docs/design.md section 4). Pairwise
 functions take `(reference, estimate)` (BSS Eval order); signals are aligned 1-D float arrays.
 `score` computes several at once, trims to the common length and never raises for one bad file:
 a metric that fails is recorded as NaN together with the reason.

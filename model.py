@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import contextlib
 import math
-import os
 import sys
-import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +111,10 @@ class ModelParams:
 
 
 def _boolean(raw, what: str) -> bool:
-    value = str(raw).strip().lower()
-    if value not in configparser.ConfigParser.BOOLEAN_STATES:
-        raise utils.PipelineError(f"{what}={raw!r}: expected true or false")
-    return configparser.ConfigParser.BOOLEAN_STATES[value]
+    try:
+        return utils.parse_bool(raw)
+    except ValueError:
+        raise utils.PipelineError(f"{what}={raw!r}: expected true or false") from None
 
 
 def _source(cfg) -> str:
@@ -493,17 +490,8 @@ def save_trained(model: keras.Model, cfg, folder) -> None:
     new weights with the old config only when both describe the same architecture (a retrain).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".weights.h5", dir=folder)
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        utils.give_usual_mode(tmp)
-        os.replace(tmp, folder / WEIGHTS_FILE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with utils.atomic_path(folder / WEIGHTS_FILE, suffix=".weights.h5") as tmp:  # Keras wants the suffix
+        model.save_weights(str(tmp), overwrite=True)
     utils.save_config(cfg, folder / CONFIG_FILE)
 
 

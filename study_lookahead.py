@@ -58,22 +58,17 @@ from pathlib import Path
 import numpy as np
 
 import STFT
+import train
 import utils
 
 STUDY = "study_lookahead"
 DEFAULT_LOOKAHEADS = "0,1,2,5,10,20"
 MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 # [train] keys that change neither the weights nor which epoch is kept: left out of the settings hash.
-BOOKKEEPING_KEYS = {
-    "epochs",
-    "checkpoint_steps",
-    "audio_examples",
-    "max_nonfinite_steps",
-    "run_name",
-    "deterministic",
-    "patience",  # where a run stops, not what an epoch does: a converged run can be extended
-    "min_delta",
-}
+# They are train.py's resumable keys less validation_interval (it decides which epochs are validated,
+# hence which one best/ holds: the model the study scores) and data_config (the study hashes it with
+# the other training settings).
+BOOKKEEPING_KEYS = set(train.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
 # --quick: a seconds-long end-to-end check (CI); applied before the user's --set, which may change them.
 QUICK_SETS = (
     "model.projection_units=16",
@@ -247,17 +242,7 @@ def read_json(path: Path) -> dict | None:
 
 def write_json(path: Path, obj) -> None:
     with utils.atomic_write(path, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2)
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+        json.dump(utils.json_safe(obj), f, indent=2)
 
 
 # ----------------------------------------------------------------------------- training
@@ -285,8 +270,6 @@ def run_state(entry: Entry, settings: dict) -> tuple[str, int, list[str]]:
 
 def ensure_trained(entry: Entry, epochs: int, settings: dict, overwrite: bool, progress: bool) -> bool:
     """Trains, resumes or skips the run so that it holds `epochs` epochs; True when it trained."""
-    import train
-
     state, done, diffs = run_state(entry, settings)
     if state == "same" and done == epochs and (entry.best / "model.weights.h5").is_file():
         print(f"{entry.name}: already trained ({epochs} epoch(s), same settings): not retrained", flush=True)
@@ -674,8 +657,6 @@ def main(argv=None) -> int:
     suffix = "_quick" if args.quick else ""
     out = (args.out or utils.get_path(cfg, "results_dir") / f"lookahead{suffix}").resolve()
     check_inputs(cfg)
-
-    import train
 
     params = train.TrainParams.from_config(cfg)
     oracles = (

@@ -10,8 +10,9 @@ seen. Examples shorter than the crop are zero-padded and their padding is masked
 The step (tf.function + GradientTape + Adam) computes the features in-graph from the noisy STFT,
 clips the gradient by its global norm and skips the update when the loss is not finite.
 
-On-the-fly mixing ([train] on_the_fly = true; off by default): instead of the cached mixtures, each
-training example is mixed inside tf.data from the clean_train_path and noise_train_path sources of
+On-the-fly mixing ([train] on_the_fly = true; off by default; mixing.py and augment.py): instead of the
+cached mixtures, each training example is mixed inside tf.data from the clean_train_path and
+noise_train_path sources of
 data/config.ini (or [train] data_config; --set data.clean_train_path=DIR etc. override them), decoded
 once into memory: a random speech-active clean segment and a random noise segment of crop_seconds, an
 SNR uniform in [SNR_lower, SNR_upper] applied by data_prep.mix, a random level ([train] level_db_min ..
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
@@ -64,7 +64,10 @@ from pathlib import Path
 
 import numpy as np
 
+import augment
 import cluster
+import manifests
+import mixing
 import STFT
 import utils
 
@@ -77,13 +80,20 @@ VAL_METRICS = ("sdr", "si_sdr", "snr")
 VAL_BATCH = 8
 # What a checkpoint's weights, optimizer state, data order and best_si_sdr depend on: --resume refuses
 # a change to these sections and [train] keys (validation_files too: best_si_sdr was measured on that
-# subset). epochs, validation_interval, checkpoint_steps, audio_examples, max_nonfinite_steps,
-# deterministic and run_name may change on resume.
+# subset). Every other [train] key is in RESUMABLE_TRAIN_KEYS: it may change on resume (data_config
+# only where the [data] sources and SNR range it names stay the same: MIX_DATA_KEYS). The two lists
+# cover TrainParams exactly (tests/test_train.py checks it); study_lookahead.py derives its
+# bookkeeping keys from RESUMABLE_TRAIN_KEYS.
 MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 FIXED_TRAIN_KEYS = (
     "seed", "batch_size", "crop_seconds", "learning_rate", "lr_halving_steps", "clip_norm",
     "validation_files", "on_the_fly", "examples_per_epoch", "level_db_min", "level_db_max", "augment",
     "warmup_steps", "cosine_steps", "init_weights",
+)  # fmt: skip
+# The first five are named in --resume's refusal: the ones a user changes on purpose.
+RESUMABLE_TRAIN_KEYS = (
+    "epochs", "validation_interval", "checkpoint_steps", "audio_examples", "max_nonfinite_steps",
+    "deterministic", "run_name", "data_config", "patience", "min_delta",
 )  # fmt: skip
 # A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
 # many dB in the epoch mean, so silencing files can never raise the score that picks best/.
@@ -123,12 +133,12 @@ class TrainParams:
     # TF op determinism (same weights from two runs): auto = on when no GPU is visible (it costs
     # little on CPU; some GPU kernels have no deterministic version), true, false.
     deterministic: str = "auto"
-    # On-the-fly mixing (see OnTheFlyMixer): off = the cached mixtures of data_prep.
+    # On-the-fly mixing (see mixing.OnTheFlyMixer): off = the cached mixtures of data_prep.
     on_the_fly: bool = False
     examples_per_epoch: int = 0  # 0 = as many as the cached training mixtures
     level_db_min: float = -10.0
     level_db_max: float = 6.0
-    augment: str = ""  # comma-separated subset of AUGMENTATIONS, stored sorted
+    augment: str = ""  # comma-separated subset of augment.AUGMENTATIONS, stored sorted
     data_config: str = ""  # empty = data/config.ini
 
     @classmethod
@@ -144,11 +154,11 @@ class TrainParams:
                 expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "text")
                 raise utils.PipelineError(f"{src} {f.name}={raw!r}: expected {expected}") from e
         names = [a.strip().lower() for a in values["augment"].split(",") if a.strip()]
-        unknown = sorted(set(names) - set(AUGMENTATIONS))
+        unknown = sorted(set(names) - set(augment.AUGMENTATIONS))
         if unknown:
             raise utils.PipelineError(
                 f"{src} augment={values['augment']!r}: unknown {', '.join(unknown)} "
-                f"(choose from {', '.join(AUGMENTATIONS)})"
+                f"(choose from {', '.join(augment.AUGMENTATIONS)})"
             )
         values["augment"] = ",".join(sorted(set(names)))  # "reverb,eq" and "eq,reverb" are one setting
         p = cls(**values)
@@ -183,11 +193,7 @@ class TrainParams:
 def _parse(raw: str, kind):
     """A [train] value as the field's type; ValueError when it is not one."""
     if kind is bool:
-        states = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
-                  "off": False}  # fmt: skip
-        if raw.lower() not in states:
-            raise ValueError(raw)
-        return states[raw.lower()]
+        return utils.parse_bool(raw)
     return int(float(raw)) if kind is int else kind(raw)
 
 
@@ -307,374 +313,6 @@ def make_dataset(cache, seed: int, epoch: int, crop: int, batch_size: int, skip_
     ds = tf.data.Dataset.from_tensor_slices((order, starts))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).skip(skip_batches)
     ds = ds.map(load_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-# ----------------------------------------------------------------------------- on-the-fly mixing
-
-AUGMENTATIONS = ("eq", "reverb", "noise2", "tilt", "modulate", "transient")
-# Each augmentation is drawn for half the examples, so the model keeps seeing dry, uncoloured speech
-# like the test mixtures'.
-AUGMENT_PROBABILITY = 0.5
-EQ_GAIN_DB = 6.0  # shelf gains uniform in +-6 dB
-EQ_LOW_HZ = (100.0, 800.0)  # low-shelf corner, log-uniform
-EQ_HIGH_HZ = (1500.0, 6000.0)  # high-shelf corner, log-uniform (capped below Nyquist)
-RT60_S = (0.2, 0.8)
-DRR_DB = (-3.0, 10.0)  # direct-to-reverberant energy ratio of the synthetic room
-EARLY_S = 0.05  # the reverb target keeps the direct path and the reflections of the first 50 ms
-# Noise augmentations (unseen noise at test time): a second noise at -10..0 dB below the first; a
-# spectral tilt of +-TILT_DB_PER_OCTAVE around 1 kHz; a slow random level envelope (control points
-# every 1/MOD_RATE_HZ seconds, +-MOD_DB); TRANSIENTS short decaying bursts of another noise file,
-# each TRANSIENT_DB above the noise's RMS.
-NOISE2_DB = (-10.0, 0.0)
-TILT_DB_PER_OCTAVE = 4.0
-MOD_RATE_HZ = (0.5, 4.0)
-MOD_DB = (3.0, 12.0)
-TRANSIENTS = (1, 4)
-TRANSIENT_S = (0.005, 0.1)
-TRANSIENT_DB = (0.0, 15.0)
-# [data] settings on-the-fly mixing reads (data/config.ini, [train] data_config, or --set data.KEY=...).
-MIX_DATA_KEYS = ("clean_train_path", "noise_train_path", "SNR_lower", "SNR_upper")
-
-
-def data_config_path(cfg) -> Path:
-    """[train] data_config (a relative path is relative to cfg's own file), else data/config.ini."""
-    raw = cfg.get("train", "data_config", fallback="").strip()
-    if not raw:
-        return utils.DATA_CONFIG
-    return (Path(getattr(cfg, "source", "config.ini")).resolve().parent / raw).resolve()
-
-
-def data_settings(cfg) -> dict:
-    """The MIX_DATA_KEYS of data_config_path(cfg)'s [data] section, with cfg's own [data] keys
-    (--set data.KEY=VALUE) on top."""
-    path = data_config_path(cfg)
-    dcfg = utils.load_config(path)
-    values = dict(dcfg.items("data")) if dcfg.has_section("data") else {}
-    if cfg.has_section("data"):
-        values.update(cfg.items("data"))
-    missing = [k for k in MIX_DATA_KEYS if not str(values.get(k, "")).strip()]
-    if missing:
-        raise utils.PipelineError(
-            f"{path}: [data] {', '.join(missing)} missing (needed by [train] on_the_fly)"
-        )
-    return {k: values[k].strip() for k in MIX_DATA_KEYS}
-
-
-def with_data_settings(cfg):
-    """A copy of cfg whose [data] section holds the resolved MIX_DATA_KEYS: saved beside the run, it
-    names the sources and SNR range the run was trained on and reproduces them on --resume."""
-    import configparser
-
-    values = data_settings(cfg)
-    out = configparser.ConfigParser(interpolation=None)
-    out.optionxform = str
-    out.read_dict(utils.config_to_dict(cfg))
-    out.source = getattr(cfg, "source", str(utils.DEFAULT_CONFIG))  # type: ignore[attr-defined]
-    if not out.has_section("data"):
-        out.add_section("data")
-    for key, value in values.items():
-        out.set("data", key, value)
-    if not out.has_section("train"):
-        out.add_section("train")
-    out.set("train", "data_config", str(data_config_path(cfg)))  # absolute: the copy lives elsewhere
-    return out
-
-
-@dataclass(frozen=True)
-class MixedExample:
-    noisy: np.ndarray  # float32 (n,) = speech + noise, speech = clean (reverberant with reverb)
-    clean: np.ndarray  # the training target
-    noise: np.ndarray
-    snr_db: float  # 10 log10(sum speech^2 / sum noise^2), speech = noisy - noise
-    level_db: float  # the level gain applied after mixing (after the peak cap)
-
-
-def shelf_sos(kind: str, f0: float, gain_db: float, sr: int) -> np.ndarray:
-    """One RBJ-cookbook shelving biquad (slope 1) as a (1, 6) second-order section."""
-    a = 10 ** (gain_db / 40)
-    w0 = 2 * math.pi * f0 / sr
-    cw, sq = math.cos(w0), 2 * math.sqrt(a) * math.sin(w0) / 2 * math.sqrt(2)
-    s = 1 if kind == "low" else -1  # the high shelf is the low shelf with cos(w0) and b1, a1 negated
-    b = [a * ((a + 1) - s * (a - 1) * cw + sq), s * 2 * a * ((a - 1) - s * (a + 1) * cw),
-         a * ((a + 1) - s * (a - 1) * cw - sq)]  # fmt: skip
-    den = [
-        (a + 1) + s * (a - 1) * cw + sq,
-        -s * 2 * ((a - 1) + s * (a + 1) * cw),
-        (a + 1) + s * (a - 1) * cw - sq,
-    ]
-    return np.array([b + den]) / den[0]
-
-
-def random_eq(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """With AUGMENT_PROBABILITY: a random low shelf and a random high shelf (always the same 5 draws)."""
-    from scipy import signal
-
-    apply = rng.random() < AUGMENT_PROBABILITY
-    f_low = math.exp(rng.uniform(*np.log(EQ_LOW_HZ)))
-    f_high = min(math.exp(rng.uniform(*np.log(EQ_HIGH_HZ))), 0.45 * sr)
-    g_low, g_high = rng.uniform(-EQ_GAIN_DB, EQ_GAIN_DB, 2)
-    if not apply:
-        return x
-    sos = np.concatenate([shelf_sos("low", f_low, g_low, sr), shelf_sos("high", f_high, g_high, sr)])
-    return signal.sosfilt(sos, x).astype(np.float32)
-
-
-def room_impulse_response(rng: np.random.Generator, sr: int) -> np.ndarray:
-    """A synthetic room: a unit direct path, then Gaussian noise whose amplitude falls 60 dB in RT60
-    (uniform in RT60_S), scaled to a direct-to-reverberant ratio uniform in DRR_DB. Length RT60."""
-    rt60, drr = rng.uniform(*RT60_S), rng.uniform(*DRR_DB)
-    n = max(2, int(rt60 * sr))
-    k = np.arange(1, n)
-    tail = rng.standard_normal(n - 1) * np.exp(-math.log(1000.0) * k / (rt60 * sr))
-    tail *= math.sqrt(10 ** (-drr / 10) / np.sum(tail**2))
-    return np.concatenate([[1.0], tail])
-
-
-def reverberate(x: np.ndarray, h: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """(reverberant x, its direct path + reflections of the first EARLY_S), both len(x), float64.
-    The crop is convolved on its own, so its first RT60 lacks the tail of the speech before it."""
-    from scipy import signal
-
-    early = h[: int(EARLY_S * sr) + 1]
-    return signal.fftconvolve(x, h)[: len(x)], signal.fftconvolve(x, early)[: len(x)]
-
-
-def spectral_tilt(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """With AUGMENT_PROBABILITY: gain slope * log2(f / 1 kHz) dB (f floored at 50 Hz), slope uniform in
-    +-TILT_DB_PER_OCTAVE, applied in the frequency domain of the whole segment."""
-    apply, slope = rng.random() < AUGMENT_PROBABILITY, rng.uniform(-TILT_DB_PER_OCTAVE, TILT_DB_PER_OCTAVE)
-    if not apply:
-        return x
-    f = np.fft.rfftfreq(len(x), 1 / sr)
-    gain = 10 ** (slope * np.log2(np.maximum(f, 50.0) / 1000.0) / 20)
-    return np.fft.irfft(np.fft.rfft(x) * gain, len(x)).astype(np.float32)
-
-
-def level_modulation(x: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """With AUGMENT_PROBABILITY: x times a slow random envelope, linear in dB between control points
-    MOD_RATE_HZ apart, each uniform in +-depth dB, depth uniform in MOD_DB."""
-    apply, rate, depth = rng.random() < AUGMENT_PROBABILITY, rng.uniform(*MOD_RATE_HZ), rng.uniform(*MOD_DB)
-    n_points = int(len(x) / sr * rate) + 2
-    points = rng.uniform(-depth, depth, n_points)
-    if not apply:
-        return x
-    t = np.arange(len(x)) / sr * rate
-    return (x * 10 ** (np.interp(t, np.arange(n_points), points) / 20)).astype(np.float32)
-
-
-def add_transients(noise: np.ndarray, pick, rng: np.random.Generator, sr: int) -> np.ndarray:
-    """With AUGMENT_PROBABILITY: TRANSIENTS bursts cut from pick(rng) (another noise segment), each of
-    TRANSIENT_S with an exponential decay, TRANSIENT_DB above the noise's RMS, at random times."""
-    if rng.random() >= AUGMENT_PROBABILITY:
-        return noise
-    out, rms = noise.astype(np.float64), float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))) + 1e-9
-    source = pick(rng)
-    for _ in range(int(rng.integers(TRANSIENTS[0], TRANSIENTS[1] + 1))):
-        n = max(2, int(rng.uniform(*TRANSIENT_S) * sr))
-        at, src = int(rng.integers(0, len(noise) - n + 1)), int(rng.integers(0, len(source) - n + 1))
-        burst = source[src : src + n] * np.exp(-5.0 * np.arange(n) / n)
-        burst *= rms * 10 ** (rng.uniform(*TRANSIENT_DB) / 20) / (np.sqrt(np.mean(burst**2)) + 1e-12)
-        out[at : at + n] += burst
-    return out.astype(np.float32)
-
-
-class OnTheFlyMixer:
-    """Training mixtures drawn at random from clean and noise sources held in memory.
-
-    Example `index` of `epoch` depends only on ([train] seed, epoch, index): a generator
-    default_rng([seed, epoch, index]) is split into independent streams for the SNR, the clean draw,
-    the noise draw, the level, the EQ and the room, so turning an augmentation on changes no other draw
-    and the result never depends on which thread made it or in what order. Per example:
-      * a clean segment of crop length from a uniformly drawn file and offset, redrawn until
-        data_prep.active_fraction >= 0.5 (the most active of MAX_ATTEMPTS draws otherwise);
-      * a noise segment likewise (a file shorter than the crop is looped), redrawn while silent;
-      * noise augmentations, each with AUGMENT_PROBABILITY and its own draws: noise2 adds a second
-        noise segment NOISE2_DB below the first; tilt (spectral_tilt), modulate (level_modulation),
-        transient (add_transients);
-      * [augment] eq: random shelves on the speech and (drawn separately) on the noise; the target is
-        the EQ'd speech. reverb: the speech convolved with room_impulse_response; the target is the
-        direct path + early reflections (EARLY_S); each with AUGMENT_PROBABILITY;
-      * SNR uniform in [SNR_lower, SNR_upper], data_prep.mix (exact SNR of speech to noise, one
-        anti-clipping gain on everything);
-      * a level gain uniform in [level_db_min, level_db_max] dB on noisy, target and noise alike (SNR
-        unchanged), lowered where max|noisy| would pass data_prep.PEAK.
-    The spectra are STFT.stft of the crop; its first `crop` frames are kept (the flush frames are
-    dropped, as a crop of a cached clip ends inside the clip).
-    """
-
-    def __init__(self, clean: list[np.ndarray], noise: list[np.ndarray], sp, crop: int, seed: int,
-                 snr_range: tuple[float, float], level_db: tuple[float, float] = (-10.0, 6.0),
-                 augment: tuple[str, ...] = ()):  # fmt: skip
-        self.clean, self.noise, self.sp, self.crop, self.seed = clean, noise, sp, crop, seed
-        self.snr_range, self.level_db, self.augment = snr_range, level_db, tuple(augment)
-        self.n_samples = crop * sp.hop
-
-    @classmethod
-    def from_config(cls, cfg, params: TrainParams, progress: bool = False) -> OnTheFlyMixer:
-        sp = STFT.StftParams.from_config(cfg)
-        crop = crop_frames(cfg, params)
-        d = data_settings(cfg)
-        try:
-            snr_range = float(d["SNR_lower"]), float(d["SNR_upper"])
-        except ValueError as e:
-            raise utils.PipelineError(f"[data] SNR_lower / SNR_upper: not numbers ({e})") from e
-        if not (all(map(math.isfinite, snr_range)) and snr_range[0] <= snr_range[1]):
-            raise utils.PipelineError(
-                f"[data] SNR_lower={snr_range[0]} SNR_upper={snr_range[1]}: need lower <= upper"
-            )
-        clean = load_sources(Path(d["clean_train_path"]), "clean", sp.sample_rate, crop * sp.hop, progress)
-        noise = load_sources(Path(d["noise_train_path"]), "noise", sp.sample_rate, 0, progress)
-        return cls(clean, noise, sp, crop, params.seed, snr_range, (params.level_db_min, params.level_db_max),
-                   params.augmentations)  # fmt: skip
-
-    def describe(self) -> str:
-        minutes = [sum(map(len, xs)) / self.sp.sample_rate / 60 for xs in (self.clean, self.noise)]
-        aug = ",".join(self.augment) or "none"
-        return (f"{len(self.clean)} clean files ({minutes[0]:.1f} min), {len(self.noise)} noise files "
-                f"({minutes[1]:.1f} min), SNR {self.snr_range[0]:g}..{self.snr_range[1]:g} dB, level "
-                f"{self.level_db[0]:g}..{self.level_db[1]:g} dB, augment {aug}")  # fmt: skip
-
-    def _pick_clean(self, rng: np.random.Generator) -> np.ndarray:
-        from data import data_prep
-
-        n, best = self.n_samples, (-1.0, None)
-        for _ in range(data_prep.MAX_ATTEMPTS):
-            x = self.clean[int(rng.integers(len(self.clean)))]
-            start = min(int(rng.random() * (len(x) - n + 1)), len(x) - n)
-            seg = x[start : start + n]
-            frac = data_prep.active_fraction(seg, self.sp.sample_rate)
-            if frac >= data_prep.ACTIVITY_MIN_FRACTION:
-                return seg
-            best = max(best, (frac, seg), key=lambda b: b[0])
-        return best[1]
-
-    def _pick_noise(self, rng: np.random.Generator) -> np.ndarray:
-        from data import data_prep
-
-        n = self.n_samples
-        for _ in range(data_prep.MAX_ATTEMPTS):
-            x = self.noise[int(rng.integers(len(self.noise)))]
-            room = len(x) - n + 1 if len(x) >= n else len(x)
-            start = min(int(rng.random() * room), room - 1)
-            seg = np.take(x, np.arange(start, start + n), mode="wrap")  # short noise loops
-            if not data_prep.is_silent(seg):
-                break
-        return seg
-
-    def example(self, epoch: int, index: int) -> MixedExample:
-        from data import data_prep
-
-        sr = self.sp.sample_rate
-        # spawn(n)'s first children do not depend on n: the streams added later leave older draws alone.
-        r_snr, r_clean, r_noise, r_level, r_eq, r_room, r_noise2, r_tilt, r_mod, r_trans = (
-            np.random.default_rng([self.seed, epoch, index]).spawn(10)
-        )
-        speech = self._pick_clean(r_clean)
-        noise = self._pick_noise(r_noise)
-        if "noise2" in self.augment and r_noise2.random() < AUGMENT_PROBABILITY:
-            other, rel_db = self._pick_noise(r_noise2), r_noise2.uniform(*NOISE2_DB)
-            scale = math.sqrt(
-                float(np.mean(noise.astype(np.float64) ** 2)) / (float(np.mean(other**2)) + 1e-12)
-            )
-            noise = (noise + other * np.float32(scale * 10 ** (rel_db / 20))).astype(np.float32)
-        if "tilt" in self.augment:
-            noise = spectral_tilt(noise, r_tilt, sr)
-        if "modulate" in self.augment:
-            noise = level_modulation(noise, r_mod, sr)
-        if "transient" in self.augment:
-            noise = add_transients(noise, self._pick_noise, r_trans, sr)
-        snr = float(r_snr.uniform(*self.snr_range))
-        level_db = float(r_level.uniform(*self.level_db))
-        if "eq" in self.augment:
-            speech, noise = random_eq(speech, r_eq, sr), random_eq(noise, r_eq, sr)
-        target = None  # None: the target is the mixed speech itself
-        if "reverb" in self.augment and r_room.random() < AUGMENT_PROBABILITY:
-            speech, target = reverberate(speech, room_impulse_response(r_room, sr), sr)
-        speech, noise, noisy, gain = data_prep.mix(speech, noise, snr)
-        clean = speech if target is None else (target * gain).astype(np.float32)
-        g = min(10 ** (level_db / 20), data_prep.PEAK / max(float(np.max(np.abs(noisy))), 1e-12))
-        f32 = np.float32(g)
-        return MixedExample(noisy * f32, clean * f32, noise * f32, snr, 20 * math.log10(g))
-
-    def spectra(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(noisy, clean) STFTs (crop, F) complex64 of example `index`."""
-        ex = self.example(epoch, index)
-        X = STFT.stft(np.stack([ex.noisy, ex.clean]), self.sp)[:, : self.crop]
-        return X[0], X[1]
-
-
-def load_sources(folder: Path, kind: str, sample_rate: int, min_samples: int, progress: bool = False):
-    """Every usable audio file under folder, decoded once (mono float32 at sample_rate, read-only).
-    Unreadable, NaN, silent or (clean) shorter-than-crop files are skipped with a warning; data_prep's
-    own output folders inside it are ignored."""
-    from tqdm import tqdm
-
-    from data import data_prep
-
-    outputs = {f.format(split) for f in data_prep.FOLDERS for split in data_prep.SPLITS}
-    files = [p for p in utils.find_audio(folder) if not outputs & set(p.relative_to(folder).parts)]
-    least = max(min_samples, int(data_prep.MIN_NOISE_S * sample_rate) if kind == "noise" else 1)
-    arrays, skipped = [], []
-    for path in tqdm(files, desc=f"decoding {kind}", unit="file", leave=False, disable=not progress):
-        try:
-            x = data_prep.decode(str(path), sample_rate)
-        except utils.AudioError as e:
-            skipped.append((path, e.reason))
-            continue
-        if len(x) < least:
-            skipped.append((path, f"too short ({len(x) / sample_rate:.2f} s < {least / sample_rate:g} s)"))
-        elif (data_prep.active_fraction(x, sample_rate) == 0) if kind == "clean" else data_prep.is_silent(x):
-            skipped.append((path, "silent"))
-        else:
-            x.setflags(write=False)  # shared by every thread of the input pipeline
-            arrays.append(x)
-    short = [p for p, r in skipped if r.startswith("too short")]
-    for path, reason in [(p, r) for p, r in skipped if not r.startswith("too short")]:
-        log.warning(f"on-the-fly {kind}: skipped {path}: {reason}")
-    if short:
-        log.warning(f"on-the-fly {kind}: skipped {len(short)} files shorter than {least / sample_rate:g} s")
-    if not arrays:
-        why = utils.why_none_usable(skipped, len(files))
-        raise utils.PipelineError(f"{folder}: no usable {kind} audio for on-the-fly mixing{why}")
-    return arrays
-
-
-def make_mix_dataset(
-    mixer: OnTheFlyMixer,
-    epoch: int,
-    n_examples: int,
-    batch_size: int,
-    skip_batches: int = 0,
-    drop_remainder: bool = False,
-    parallel: int | None = None,
-):
-    """tf.data pipeline for one on-the-fly epoch: the (noisy, clean, valid) batches of make_dataset.
-
-    Example indices flow through the graph; one numpy_function per example mixes it and computes its
-    STFT, `parallel` (default AUTOTUNE) at a time, in order. Batch b holds examples b*B .. b*B + B - 1,
-    so resuming after k batches starts at example k*B and sees what the run would have seen.
-    """
-    tf = _tf()
-    crop, f = mixer.crop, mixer.sp.n_bins
-
-    def load(index):
-        noisy, clean = mixer.spectra(epoch, int(index))
-        return noisy, clean, np.ones(crop, np.float32)
-
-    def load_tf(index):
-        noisy, clean, valid = tf.numpy_function(
-            load, [index], [tf.complex64, tf.complex64, tf.float32], stateful=False
-        )
-        return (tf.ensure_shape(noisy, [crop, f]), tf.ensure_shape(clean, [crop, f]),
-                tf.ensure_shape(valid, [crop]))  # fmt: skip
-
-    ds = tf.data.Dataset.range(min(skip_batches * batch_size, n_examples), n_examples)
-    ds = ds.map(load_tf, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -919,8 +557,8 @@ class Validator:
         self.identity = {"manifest": str(manifest), "manifest_sha256": None, "noisy": []}
         if manifest.is_file():
             self.identity["manifest_sha256"] = utils.file_sha256(manifest)
-            with open(manifest, newline="") as f:
-                names = {r["index"].strip(): utils.manifest_name(r["noisy"]) for r in csv.DictReader(f)}
+            rows = manifests.read_rows(manifest, ("index", "noisy"))
+            names = {r["index"].strip(): manifests.name(r["noisy"]) for r in rows}
             self.identity["noisy"] = [names.get(str(i), "") for i in self.manifest_indices]
         self.identity["noisy_sha256"] = [utils.file_sha256(cache.rows[i]["noisy"]) for i in range(n)]
         self.examples = []
@@ -1062,8 +700,9 @@ def _resume_conflicts(saved, cfg) -> list[str]:
     diffs += [f"[train] {k} {getattr(pa, k)} -> {getattr(pb, k)}" for k in FIXED_TRAIN_KEYS
               if getattr(pa, k) != getattr(pb, k)]  # fmt: skip
     if pa.on_the_fly and pb.on_the_fly:  # the sources and SNR range make the on-the-fly examples
-        da, db = data_settings(saved), data_settings(cfg)
-        diffs += [f"[data] {k} {da[k]} -> {db[k]}" for k in MIX_DATA_KEYS if norm(da[k]) != norm(db[k])]
+        da, db = mixing.data_settings(saved), mixing.data_settings(cfg)
+        keys = mixing.MIX_DATA_KEYS
+        diffs += [f"[data] {k} {da[k]} -> {db[k]}" for k in keys if norm(da[k]) != norm(db[k])]
     return diffs
 
 
@@ -1096,8 +735,7 @@ def prepare_run(cfg, dirs: RunDirs, resume: bool, overwrite: bool) -> bool:
         if diffs:
             raise utils.PipelineError(
                 f"train.py: --resume with other settings than {saved} ({'; '.join(diffs[:3])}); only "
-                "epochs, validation_interval, checkpoint_steps, audio_examples and max_nonfinite_steps "
-                "may change"
+                f"{', '.join(RESUMABLE_TRAIN_KEYS[:4])} and {RESUMABLE_TRAIN_KEYS[4]} may change"
             )
     return True
 
@@ -1121,18 +759,8 @@ def _refuse_if_locked(folder: Path) -> None:
         pid = int((folder / ".lock").read_text().strip() or 0)
     except (OSError, ValueError):
         return
-    if pid and pid != os.getpid() and _pid_alive(pid):
+    if pid and pid != os.getpid() and utils.pid_alive(pid):
         raise utils.PipelineError(f"train.py: run folder {folder} is being trained by process {pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def plateaued(records: list[dict], patience: int, min_delta: float) -> bool:
@@ -1282,7 +910,9 @@ class Run:
         self.train_cache = open_cache(cfg, "training") if need_cache else None
         test_cache = open_cache(cfg, "testing")
         self.crop = crop_frames(cfg, params)
-        self.mixer = OnTheFlyMixer.from_config(cfg, params, progress) if params.on_the_fly else None
+        self.mixer = None
+        if params.on_the_fly:
+            self.mixer = mixing.OnTheFlyMixer.from_config(cfg, params, self.crop, progress)
         self.n_train = (
             params.examples_per_epoch if self.mixer and params.examples_per_epoch else len(self.train_cache)
         )
@@ -1319,7 +949,7 @@ class Run:
             else tf.summary.create_noop_writer()
             for name in ("train", "validation")
         }  # fmt: skip
-        self.mask_bound = cfg.getfloat("model", "mask_bound", fallback=2.0)
+        self.mask_bound = self.trainer.model_lib.ModelParams.from_config(cfg).mask_bound
 
     def value(self, name: str):
         """A training-state variable as a Python number."""
@@ -1399,7 +1029,9 @@ class Run:
         """Runs the remaining batches of `epoch`; returns (seconds, clips)."""
         p, done = self.params, self.value("batch")
         if self.mixer:
-            ds = make_mix_dataset(self.mixer, epoch, self.n_train, p.batch_size, done, self.drop_remainder)
+            ds = mixing.make_mix_dataset(
+                self.mixer, epoch, self.n_train, p.batch_size, done, self.drop_remainder
+            )
         else:
             ds = make_dataset(
                 self.train_cache, p.seed, epoch, self.crop, p.batch_size, done, self.drop_remainder
@@ -1511,7 +1143,7 @@ def train(cfg, run_name: str | None = None, resume: bool = False, strategy="defa
             "[train] patience: early stopping is not supported with --strategy multiworker"
         )
     if params.on_the_fly:
-        cfg = with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
+        cfg = mixing.with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
     dirs = RunDirs.from_config(cfg, run_name or params.run_name)
     # Multi-worker: the chief alone checks, clears and locks the (shared) run folder; the others
     # restore whatever checkpoint the chief restores.

@@ -1,6 +1,6 @@
 """Plumbing shared by every script: config, audio I/O, atomic writes, seeding, logging.
 
-This module imports no other project module (see DESIGN.md section 2).
+This module imports no other project module (see docs/design.md section 2).
 """
 
 from __future__ import annotations
@@ -195,6 +195,7 @@ LOWER_BOUNDS = {
 }  # fmt: skip
 # Written by evaluate.py (results/<run>/config.ini) and enhance.py (enhance_config.ini) to record a run.
 RECORD_KEYS = {"evaluate": {"model_dir", "limit"}, "enhance": {"model", "streaming", "channels"}}
+# configparser's BOOLEAN_STATES: what parse_bool accepts.
 _BOOLEANS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
              "off": False}  # fmt: skip
 KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
@@ -212,7 +213,17 @@ def _kind_of(section: str, key: str, default: str) -> str:
         return "str"
 
 
+def parse_bool(raw) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case, surrounding blanks ignored); ValueError otherwise.
+    The one boolean parser of every config value."""
+    text = str(raw).strip().lower()
+    if text not in _BOOLEANS:
+        raise ValueError(f"{raw!r}: expected true or false")
+    return _BOOLEANS[text]
+
+
 _SCHEMA: dict[str, dict[str, str]] = {}
+_DEFAULTS: dict[str, dict[str, str]] = {}
 
 
 def config_schema() -> dict[str, dict[str, str]]:
@@ -224,9 +235,18 @@ def config_schema() -> dict[str, dict[str, str]]:
             raw.read(path)
             for section in raw.sections():
                 keys = _SCHEMA.setdefault(section, {})
+                defaults = _DEFAULTS.setdefault(section, {})
                 for key, default in raw.items(section):
                     keys[key] = _kind_of(section, key, default)
+                    defaults[key] = default.strip()
     return _SCHEMA
+
+
+def config_default(section: str, key: str):
+    """The shipped default of section.key (config.ini or data/config.ini), as its schema type: the
+    fallback for a saved config that predates the key."""
+    config_schema()
+    return parse_value(section, key, _DEFAULTS[section][key], f"{DEFAULT_CONFIG.name}: [{section}] {key}")
 
 
 def _closest(name: str, options) -> str:
@@ -265,9 +285,10 @@ def parse_value(section: str, key: str, raw: str, where: str):
     if kind == "str":
         return text
     if kind == "bool":
-        if text.lower() not in _BOOLEANS:
-            raise PipelineError(bad)
-        return _BOOLEANS[text.lower()]
+        try:
+            return parse_bool(text)
+        except ValueError:
+            raise PipelineError(bad) from None
     try:
         value = float(text)
     except ValueError:
@@ -314,24 +335,45 @@ def give_usual_mode(path: Path | str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path | str, mode: str = "wb"):
-    """Opens a temp file beside `path` and renames it over `path` only on success."""
+def atomic_path(path: Path | str, suffix: str = ".tmp", fsync: bool = True):
+    """The one atomic-replace helper: yields the name of an empty temp file beside `path`
+    (.NAME.XXXX<suffix>, hidden) for the block to write by any means (a library that wants a file
+    name); renames it over `path` with the usual file mode only when the block succeeds, else removes
+    it. fsync=False skips the flush to disk (data_prep: a size check on resume replaces it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         give_usual_mode(tmp)
         os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # f.write's ENOSPC names no file: name it
-            e.filename = str(path)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, mode: str = "wb"):
+    """Opens a temp file beside `path` and renames it over `path` only on success (atomic_path)."""
+    path = Path(path)
+    with atomic_path(path, fsync=False) as tmp:
+        try:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is None:  # f.write's ENOSPC names no file: name it
+                e.filename = str(path)
+            raise
 
 
 @contextlib.contextmanager
@@ -396,17 +438,31 @@ def file_sha256(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def manifest_name(name: str) -> str:
-    """A manifest's file column as compared across scripts (stripped, forward slashes)."""
-    return Path(str(name).strip()).as_posix()
-
-
-def find_audio(folder: Path | str) -> list[Path]:
-    """All audio files under `folder` (recursive), sorted so results do not depend on the OS."""
+def find_audio(folder: Path | str, extensions=AUDIO_EXTENSIONS) -> list[Path]:
+    """The files under `folder` (recursive) whose extension is one of `extensions`, sorted so results
+    do not depend on the OS. The default, AUDIO_EXTENSIONS, is what data_prep and on-the-fly mixing
+    take as sources; enhance.py takes every format libsndfile reads (readable_extensions())."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: folder not found")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    exts = {e.lower() for e in extensions}
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def readable_extensions() -> tuple[str, ...]:
+    """Extensions of every format this libsndfile reads (.wav .flac .aiff .au .mp3 ...).
+
+    RAW is left out: headerless files cannot be read without being told their rate and encoding.
+    """
+    formats = sf.available_formats()
+    exts = {f".{name.lower()}" for name in formats if name != "RAW"}
+    if "AIFF" in formats:
+        exts |= {".aif", ".aiff"}
+    if "MP3" in formats:
+        exts.add(".mp3")
+    if "OGG" in formats and "OPUS" in sf.available_subtypes("OGG"):
+        exts.add(".opus")
+    return tuple(sorted(exts))
 
 
 # ----------------------------------------------------------------------------- audio
@@ -422,7 +478,7 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise AudioError(path, f"unreadable audio ({str(e).splitlines()[0][:120]})") from e
+        raise AudioError(path, unreadable(e)) from e
     if data.shape[0] == 0:
         raise AudioError(path, "empty (0 samples)")
     if not np.all(np.isfinite(data)):
@@ -435,6 +491,12 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
         data = resample(data, sr, sample_rate)
         sr = sample_rate
     return np.ascontiguousarray(data, dtype=np.float32), sr
+
+
+def unreadable(e: Exception) -> str:
+    """AudioError's reason for a file libsndfile could not decode (it raises several types)."""
+    text = str(e).splitlines()[0] if str(e).strip() else e.__class__.__name__
+    return f"unreadable audio ({text[:120]})"
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -462,6 +524,28 @@ def peak_normalize(x: np.ndarray, peak: float = 0.99) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- misc
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (ours or not): the owner test of a lock or a stale temp folder."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except PermissionError:  # exists but not ours
+        return True
+    return True
+
+
+def json_safe(x):
+    """x with every NaN/Inf float (at any depth of dicts, lists and tuples) as None: JSON has none."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def set_seed(seed: int) -> None:

@@ -49,6 +49,7 @@ import soundfile as sf
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as `python data/data_prep.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import manifests  # noqa: E402
 import shards  # noqa: E402
 import utils  # noqa: E402
 
@@ -58,10 +59,7 @@ SPLIT_KEYS = {
     "testing": ("clean_test_path", "noise_test_path", "total_testing_files"),
 }
 FOLDERS = ("CleanSpeech_{}", "Noise_{}", "NoisySpeech_{}")
-MANIFEST_COLUMNS = (
-    "index", "noisy", "clean", "noise", "snr_db",
-    "clean_source", "clean_start_s", "noise_source", "noise_start_s", "gain",
-)  # fmt: skip
+MANIFEST_COLUMNS = manifests.WRITTEN
 
 PEAK = 0.99  # max |noisy| after the common anti-clipping gain
 ACTIVITY_FRAME_S = 0.02
@@ -168,11 +166,6 @@ class Source:
         )
 
 
-def _reason(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-    return f"unreadable audio ({text[:120]})"
-
-
 def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -> tuple[list, list, list]:
     """Lists a folder's audio cheaply (headers only).
 
@@ -186,7 +179,7 @@ def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -
         try:
             info = sf.info(str(p))
         except Exception as e:  # libsndfile raises several types for the same meaning
-            skipped.append((str(p), _reason(e)))
+            skipped.append((str(p), utils.unreadable(e)))
             continue
         src = Source(str(p), int(info.frames), int(info.samplerate), str(info.format))
         if src.frames <= 0:
@@ -201,19 +194,8 @@ def scan_sources(folder: Path, min_samples: int, sample_rate: int, exclude=()) -
 
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
-    """utils.read_audio's checks and result (mono float32 at sample_rate), minus its slow mono copy."""
-    try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile raises several types for the same meaning
-        raise utils.AudioError(path, _reason(e)) from e
-    if data.shape[0] == 0:
-        raise utils.AudioError(path, "empty (0 samples)")
-    if not np.isfinite(data).all():
-        raise utils.AudioError(path, "contains NaN or Inf samples")
-    if not data.any():
-        raise utils.AudioError(path, "silent (all samples are zero)")
-    x = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return np.ascontiguousarray(utils.resample(x, sr, sample_rate), dtype=np.float32)
+    """A whole source, mono float32 at sample_rate, with utils.read_audio's checks (AudioError)."""
+    return utils.read_audio(path, sample_rate)[0]
 
 
 class SourceReader:
@@ -253,7 +235,7 @@ class SourceReader:
         try:
             x, _ = sf.read(src.path, start=start, stop=start + n, dtype="float32", always_2d=True)
         except Exception as e:
-            raise utils.AudioError(src.path, _reason(e)) from e
+            raise utils.AudioError(src.path, utils.unreadable(e)) from e
         if len(x) != n:
             raise utils.AudioError(src.path, "shorter than its header says")
         return x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
@@ -364,13 +346,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     leaves a partial file under a final name, and resuming checks every file's exact size, which
     also catches a file that a power cut left empty.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with utils.atomic_path(path, fsync=False) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- one split's mixing
@@ -710,10 +687,7 @@ def check_state(plan: SplitPlan, overwrite: bool) -> None:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    with utils.atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: r["index"]))
+    manifests.write(path, rows, MANIFEST_COLUMNS)
 
 
 def _chunks(total: int, workers: int) -> list[range]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data.demo_corpus import harmonic_speech as speech_like  # noqa: E402  (fixtures and tests use this name)
+from data.demo_corpus import harmonic_speech as speech_like  # fixtures and tests use this name
+
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pyproject's [tool.pytest] pythonpath
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -129,3 +128,38 @@ def make_test_set(root: Path, snrs=(-5, 5, 15), seconds: float = 1.5) -> Path:
 @pytest.fixture
 def tmp_config(tmp_path) -> Path:
     return write_config(tmp_path)
+
+
+# ----------------------------------------------------------------------------- tiny models (enhance, export)
+
+TINY_MODEL = {"projection_units": "32", "lstm_units": "32", "lstm_layers": "2", "dense_units": "32"}
+
+
+def make_model(folder: Path, **model) -> Path:
+    """A seeded tiny model saved with model.save_trained into `folder`; returns folder/model."""
+    import keras
+
+    import model as M
+    import utils
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = utils.load_config(
+        write_config(folder, {"model": {**TINY_MODEL, **{k: str(v) for k, v in model.items()}}})
+    )
+    keras.utils.set_random_seed(7)
+    M.save_trained(M.build_model(cfg), cfg, folder / "model")
+    return folder / "model"
+
+
+def noisy(seconds=2.1037, seed=0, sr=SR) -> np.ndarray:
+    """speech_like + noise_like; the default length is not a multiple of the 10-ms hop (see test_enhance)."""
+    return (speech_like(seconds, seed, sr) + noise_like(seconds, seed + 50, sr)).astype(np.float32)
+
+
+def run_enhance_cli(capsys, *args) -> tuple[int, str, str]:
+    """enhance.main(args) in-process: (exit code, stdout, stderr)."""
+    import enhance
+
+    rc = enhance.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err

@@ -6,6 +6,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # every test starts a script in a new interpreter
+
 SCRIPTS = [
     "data/data_prep.py",
     "data/demo_corpus.py",

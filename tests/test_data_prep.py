@@ -451,6 +451,7 @@ def test_split_with_zero_mixtures_does_not_leave_a_stale_manifest(synthetic_corp
     check_split(out, "training", 6)  # the other split is untouched
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_bytes(synthetic_corpus, tmp_path):
     """SIGKILL (no cleanup at all) part-way through, re-run: byte-identical to an uninterrupted run."""
     script = Path(data_prep.__file__)

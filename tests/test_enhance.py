@@ -10,29 +10,16 @@ from __future__ import annotations
 import os
 import stat
 
-import keras
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR, noise_like, speech_like, write_config
+from conftest import SR, make_model, noisy, write_config
+from conftest import run_enhance_cli as run_cli
 
 import enhance
 import model as M
 import STFT
 import utils
-
-TINY = {"projection_units": "32", "lstm_units": "32", "lstm_layers": "2", "dense_units": "32"}
-
-
-def make_model(folder, **model):
-    """A seeded tiny model saved with model.save_trained into `folder`; returns the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = utils.load_config(
-        write_config(folder, {"model": {**TINY, **{k: str(v) for k, v in model.items()}}})
-    )
-    keras.utils.set_random_seed(7)
-    M.save_trained(M.build_model(cfg), cfg, folder / "model")
-    return folder / "model"
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +38,6 @@ def enhancers(causal_dir, lookahead_dir):
         0: enhance.Enhancer.from_pretrained(causal_dir),
         2: enhance.Enhancer.from_pretrained(lookahead_dir),
     }
-
-
-def noisy(seconds=2.1037, seed=0, sr=SR):
-    return (speech_like(seconds, seed, sr) + noise_like(seconds, seed + 50, sr)).astype(np.float32)
-
-
-def run_cli(capsys, *args):
-    rc = enhance.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -405,7 +382,7 @@ def test_output_mode_follows_umask(tmp_path, enhancers, umask):
 
 
 def test_folder_scan_finds_every_libsndfile_format(tmp_path, capsys, causal_dir):
-    exts = enhance.audio_extensions()
+    exts = utils.readable_extensions()
     assert {".wav", ".flac", ".ogg", ".aif", ".aiff", ".au"} <= set(exts) and ".raw" not in exts
     d = tmp_path / "in"
     d.mkdir()

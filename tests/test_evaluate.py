@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT, SR, make_test_set, noise_like, speech_like, write_config
+from conftest import SR, make_test_set, noise_like, speech_like, write_config
 
 import evaluate
 import metrics
 import STFT
 import utils
 
-HAVE_MODEL = (ROOT / "model.py").is_file()
 FAST_METRICS = {"evaluate": {"metrics": "sdr,si_sdr,snr,stoi"}}  # PESQ is tested in test_metrics
 
 
@@ -349,7 +348,6 @@ def test_resolve_model_dir(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.skipif(not HAVE_MODEL, reason="model.py not written yet")
 def test_end_to_end_with_tiny_untrained_model(test_set, tmp_path, capsys):
     import model
 
@@ -381,7 +379,6 @@ def test_end_to_end_with_tiny_untrained_model(test_set, tmp_path, capsys):
     assert (out / "summary.json").is_file() and (out / "model_config.ini").is_file()
 
 
-@pytest.mark.skipif(not HAVE_MODEL, reason="model.py not written yet")
 def test_failing_model_batch_is_recorded_missing_and_the_rest_is_scored(test_set, tmp_path, monkeypatch):
     import model
 

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR
-from test_enhance import make_model, noisy
+from conftest import SR, make_model, noisy
 
 import enhance
 import export

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SR
-from test_enhance import make_model, noisy, run_cli
+from conftest import SR, make_model, noisy
+from conftest import run_enhance_cli as run_cli
 
 import enhance
 import model as M

@@ -14,6 +14,8 @@ import pytest
 import soundfile as sf
 from conftest import CORPUS, ROOT, SR, noise_like, requires_corpus, speech_like, write_config
 
+import augment
+import mixing
 import STFT
 import train
 import utils
@@ -32,7 +34,7 @@ FAST = {
 
 
 def write_split(data: Path, split: str, seconds, seed: int) -> None:
-    """noisy = clean + noise pairs and a manifest in data_prep's layout (CONTRACT.md)."""
+    """noisy = clean + noise pairs and a manifest in data_prep's layout (docs/design.md section 3)."""
     rows = []
     for n, secs in enumerate(seconds):
         clean = speech_like(secs, seed + n)
@@ -183,6 +185,7 @@ def read_events(folder: Path) -> dict:
     return tags
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, tmp_path):
     import model
 
@@ -271,7 +274,7 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg_b2, "run", resume=True, progress=False)
     monkeypatch.setattr(train.Trainer, "train_step", original)
-    train.train(cfg_b2, "run", resume=True, progress=False)
+    resumed = model.load_trained(train.train(cfg_b2, "run", resume=True, progress=False) / "best")[0]
 
     weights = {}
     for name, cfg_x in (("a", cfg), ("b", cfg_b2)):
@@ -284,7 +287,9 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
         weights[name] = trainer.weights()
     for wa, wb in zip(weights["a"], weights["b"]):
         np.testing.assert_allclose(wa, wb, atol=1e-5)
-    assert ckpt_a.is_dir() and straight is not None
+    assert ckpt_a.is_dir()
+    # the best model (chosen by validation) is the same too
+    assert_same_weights(straight.get_weights(), resumed.get_weights())
     # TensorBoard continuity: the resumed runs continue the step count in the same folder
     steps = [s for s, _ in read_events(Path(cfg_b2["paths"]["log_dir"]) / "run" / "train")["batch/loss"]]
     assert sorted(set(steps)) == list(range(1, 7))
@@ -328,6 +333,7 @@ def interrupt_after_step(monkeypatch, n: int, error: BaseException):
     return lambda: monkeypatch.setattr(train.Trainer, "train_step", original)
 
 
+@pytest.mark.slow
 def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
     """KeyboardInterrupt after the step's update ran but before the loop saw its result: the saved
     checkpoint must count that batch, so --resume does not apply it twice."""
@@ -340,6 +346,7 @@ def test_ctrl_c_right_after_an_update_resumes_exactly(data_root, tmp_path, monke
     assert_same_weights(latest_weights(cfg), straight_weights)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_like_ctrl_c_and_resumes_exactly(data_root, tmp_path, monkeypatch, straight_weights):
     """kill (SIGTERM, as a scheduler or a container stop sends it) mid-run: a checkpoint is saved and
     --resume finishes with the weights of an uninterrupted run; the handler is gone afterwards."""
@@ -367,6 +374,7 @@ def test_sigterm_saves_like_ctrl_c_and_resumes_exactly(data_root, tmp_path, monk
     assert_same_weights(latest_weights(cfg), straight_weights)
 
 
+@pytest.mark.slow
 def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
     data_root, tmp_path, monkeypatch, straight_weights
 ):
@@ -407,6 +415,18 @@ def test_learning_rate_halves_every_lr_halving_steps(tmp_path):
         )
 
 
+def test_every_train_key_is_either_fixed_or_resumable_and_defaults_match_config_ini():
+    from dataclasses import fields
+
+    names = [f.name for f in fields(train.TrainParams)]
+    assert sorted(train.FIXED_TRAIN_KEYS + train.RESUMABLE_TRAIN_KEYS) == sorted(names)
+    assert not set(train.FIXED_TRAIN_KEYS) & set(train.RESUMABLE_TRAIN_KEYS)
+    # one default per key: TrainParams' defaults are config.ini's
+    shipped = utils.load_config(utils.DEFAULT_CONFIG)
+    assert train.TrainParams.from_config(shipped) == train.TrainParams()
+
+
+@pytest.mark.slow
 def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
     folder = fake_run_folder(cfg)
@@ -431,6 +451,7 @@ def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
     assert train.prepare_run(utils.load_config(tmp_path / "config.ini", allowed), dirs, True, False) is True
 
 
+@pytest.mark.slow
 def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, caplog):
     import shutil
 
@@ -647,8 +668,9 @@ def otf_cfg(tmp_path: Path, data_root: Path, sources: dict, **train_values):
     return utils.load_config(write_config(tmp_path, {"paths": paths, "train": train_values, "data": sources}))
 
 
-def make_mixer(cfg) -> train.OnTheFlyMixer:
-    return train.OnTheFlyMixer.from_config(cfg, train.TrainParams.from_config(cfg))
+def make_mixer(cfg) -> mixing.OnTheFlyMixer:
+    params = train.TrainParams.from_config(cfg)
+    return mixing.OnTheFlyMixer.from_config(cfg, params, train.crop_frames(cfg, params))
 
 
 def snr_db(speech: np.ndarray, noise: np.ndarray) -> float:
@@ -670,7 +692,7 @@ def test_on_the_fly_settings_are_parsed_and_checked(tmp_path):
     data_cfg = tmp_path / "mydata.ini"
     data_cfg.write_text("[data]\nclean_train_path = c\nnoise_train_path = n\nSNR_lower = -2\nSNR_upper = 4\n")
     cfg = utils.load_config(write_config(tmp_path), ["train.data_config=mydata.ini", "data.SNR_upper=9"])
-    d = train.data_settings(cfg)
+    d = mixing.data_settings(cfg)
     assert d["clean_train_path"] == str(tmp_path / "c") and d["SNR_lower"] == "-2" and d["SNR_upper"] == "9"
 
 
@@ -709,19 +731,19 @@ def test_shelving_eq_and_synthetic_room():
     from scipy import signal
 
     for kind, probe in (("low", 0), ("high", -1)):
-        _, h = signal.sosfreqz(train.shelf_sos(kind, 500.0 if kind == "low" else 3000.0, -5.0, SR), 512)
+        _, h = signal.sosfreqz(augment.shelf_sos(kind, 500.0 if kind == "low" else 3000.0, -5.0, SR), 512)
         assert 20 * np.log10(abs(h[probe])) == pytest.approx(-5.0, abs=0.05)
         assert 20 * np.log10(abs(h[-1 - probe])) == pytest.approx(0.0, abs=0.3)  # the other end untouched
-    h = train.room_impulse_response(np.random.default_rng(3), SR)
+    h = augment.room_impulse_response(np.random.default_rng(3), SR)
     rt60 = len(h) / SR
-    assert h[0] == 1.0 and train.RT60_S[0] <= rt60 <= train.RT60_S[1]
+    assert h[0] == 1.0 and augment.RT60_S[0] <= rt60 <= augment.RT60_S[1]
     drr = 10 * np.log10(1.0 / np.sum(h[1:] ** 2))
-    assert train.DRR_DB[0] - 1e-9 <= drr <= train.DRR_DB[1] + 1e-9
+    assert augment.DRR_DB[0] - 1e-9 <= drr <= augment.DRR_DB[1] + 1e-9
     win = int(0.02 * SR)
     e1, e2 = (np.sum(h[int(f * len(h)) : int(f * len(h)) + win] ** 2) for f in (0.2, 0.7))
     assert 10 * np.log10(e1 / e2) == pytest.approx(30.0, abs=5.0)  # 60 dB per RT60
     x = speech_like(1.0, 5)
-    wet, early = train.reverberate(x, h, SR)
+    wet, early = augment.reverberate(x, h, SR)
     np.testing.assert_allclose(early, signal.fftconvolve(x, h[: int(0.05 * SR) + 1])[: len(x)], atol=1e-9)
     assert len(wet) == len(x) and not np.allclose(wet, early)
 
@@ -730,7 +752,7 @@ def test_mix_dataset_is_deterministic_whatever_the_parallelism(data_root, tmp_pa
     mixer = make_mixer(otf_cfg(tmp_path, data_root, mix_sources, augment="eq,reverb"))
 
     def batches(epoch, parallel, skip=0, drop=False):
-        ds = train.make_mix_dataset(mixer, epoch, 7, 2, skip, drop_remainder=drop, parallel=parallel)
+        ds = mixing.make_mix_dataset(mixer, epoch, 7, 2, skip, drop_remainder=drop, parallel=parallel)
         return [tuple(t.numpy() for t in b) for b in ds]
 
     one, four = batches(1, 1), batches(1, 4)
@@ -745,6 +767,7 @@ def test_mix_dataset_is_deterministic_whatever_the_parallelism(data_root, tmp_pa
     assert not np.array_equal(one[0][0], batches(2, 1)[0][0])  # another epoch, other mixtures
 
 
+@pytest.mark.slow
 def test_on_the_fly_training_runs_end_to_end_without_the_training_cache(data_root, tmp_path, mix_sources):
     import shutil
 
@@ -780,9 +803,10 @@ def test_on_the_fly_resume_after_a_crash_is_exact(data_root, tmp_path, mix_sourc
     assert_same_weights(latest_weights(cfg_b), latest_weights(cfg_a))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_on_the_fly_settings(data_root, tmp_path, mix_sources):
     cfg = otf_cfg(tmp_path, data_root, mix_sources)
-    fake_run_folder(train.with_data_settings(cfg))
+    fake_run_folder(mixing.with_data_settings(cfg))
     other = tmp_path / "other_noise"
     other.mkdir()
     refused = ["train.on_the_fly=false", "train.augment=eq", "train.examples_per_epoch=8",
@@ -819,24 +843,24 @@ def test_noise_augmentations_keep_the_snr_and_change_no_other_draw(data_root, tm
 
 
 def test_spectral_tilt_level_modulation_and_transients():
-    rng_apply = next(s for s in range(100) if np.random.default_rng(s).random() < train.AUGMENT_PROBABILITY)
+    rng_apply = next(s for s in range(100) if np.random.default_rng(s).random() < augment.AUGMENT_PROBABILITY)
     x = np.random.default_rng(0).standard_normal(SR).astype(np.float32)
-    y = train.spectral_tilt(x, np.random.default_rng(rng_apply), SR)
+    y = augment.spectral_tilt(x, np.random.default_rng(rng_apply), SR)
     slope = np.random.default_rng(rng_apply)
     slope.random()
-    slope = slope.uniform(-train.TILT_DB_PER_OCTAVE, train.TILT_DB_PER_OCTAVE)
+    slope = slope.uniform(-augment.TILT_DB_PER_OCTAVE, augment.TILT_DB_PER_OCTAVE)
     f = np.fft.rfftfreq(SR, 1 / SR)
     ratio = np.abs(np.fft.rfft(y)) / np.abs(np.fft.rfft(x))
     assert 20 * np.log10(ratio[f == 4000][0] / ratio[f == 1000][0]) == pytest.approx(2 * slope, abs=0.01)
-    m = train.level_modulation(x, np.random.default_rng(rng_apply), SR)
+    m = augment.level_modulation(x, np.random.default_rng(rng_apply), SR)
     gain_db = 20 * np.log10(np.abs(m) / np.maximum(np.abs(x), 1e-12) + 1e-12)
     assert len(m) == len(x) and np.ptp(gain_db[np.abs(x) > 1e-3]) > 3  # the level moves by dB, slowly
     assert np.max(np.abs(np.diff(gain_db[np.abs(x) > 0.1]))) < 0.5
     quiet = 0.01 * x
-    t = train.add_transients(quiet, lambda r: x, np.random.default_rng(rng_apply), SR)
+    t = augment.add_transients(quiet, lambda r: x, np.random.default_rng(rng_apply), SR)
     assert len(t) == len(quiet) and np.max(np.abs(t)) > 5 * np.max(np.abs(quiet))  # bursts above the floor
-    never = next(s for s in range(100) if np.random.default_rng(s).random() >= train.AUGMENT_PROBABILITY)
-    for fn in (train.spectral_tilt, train.level_modulation):
+    never = next(s for s in range(100) if np.random.default_rng(s).random() >= augment.AUGMENT_PROBABILITY)
+    for fn in (augment.spectral_tilt, augment.level_modulation):
         assert fn(x, np.random.default_rng(never), SR) is x
 
 
@@ -858,6 +882,7 @@ def test_warm_up_and_cosine_decay(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
     import model as model_lib
 
@@ -881,6 +906,7 @@ def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
         train.train(other, "other", progress=False)
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp(data_root, tmp_path, monkeypatch):
     """TensorFlow writes ckpt-N_temp/ then renames it: a full disk leaves neither it nor a traceback;
     one left by a killed run is removed by the next one."""

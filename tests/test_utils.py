@@ -28,6 +28,24 @@ def test_bad_override(bad):
         utils.load_config(utils.DEFAULT_CONFIG, [bad])
 
 
+@pytest.mark.parametrize(
+    "raw, value", [("true", True), (" On", True), ("1", True), ("no", False), ("OFF ", False)]
+)
+def test_parse_bool(raw, value):
+    assert utils.parse_bool(raw) is value
+
+
+def test_parse_bool_refuses_other_words():
+    with pytest.raises(ValueError, match="true or false"):
+        utils.parse_bool("maybe")
+
+
+def test_config_default_is_the_shipped_value_as_its_type():
+    assert utils.config_default("model", "mask_bound") == 2.0
+    assert utils.config_default("train", "on_the_fly") is False
+    assert utils.config_default("data", "sample_rate") == 16000
+
+
 def test_atomic_write_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "out.bin"
     with pytest.raises(RuntimeError), utils.atomic_write(target) as f:
@@ -119,3 +137,32 @@ def test_data_prep_workers_are_told_to_die_with_the_parent(monkeypatch):
     monkeypatch.setattr(data_prep, "Mixer", lambda job: job)
     data_prep._init_worker("job", 4242)
     assert seen == [4242]
+
+
+def test_pid_alive():
+    import os
+
+    assert utils.pid_alive(os.getpid())
+    assert not utils.pid_alive(2**40)  # no process can have it (OverflowError or ESRCH)
+
+
+def test_json_safe_replaces_non_finite_floats_at_any_depth():
+    x = {"a": [1.0, float("nan"), (float("inf"), 2)], "b": {"c": -float("inf")}, "d": "text"}
+    assert utils.json_safe(x) == {"a": [1.0, None, [None, 2]], "b": {"c": None}, "d": "text"}
+
+
+def test_atomic_path_renames_on_success_and_removes_the_temp_on_error(tmp_path):
+    import os
+
+    target = tmp_path / "sub" / "out.bin"
+    with utils.atomic_path(target, suffix=".weights.h5") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".weights.h5") and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), utils.atomic_path(target, fsync=False) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]

@@ -1,0 +1,284 @@
+"""On-the-fly training mixtures ([train] on_the_fly = true): clean and noise sources decoded once into
+memory, mixed at random inside tf.data with data_prep's definitions (speech-active segments, exact
+SNR, the anti-clipping gain) plus the augmentations of augment.py. Example i of epoch e depends only
+on ([train] seed, e, i), so a resumed run sees exactly the examples it would have seen.
+
+    data_settings(cfg)            the [data] sources and SNR range in use (MIX_DATA_KEYS)
+    OnTheFlyMixer                 one mixture (`example`) and its STFT (`spectra`)
+    load_sources(folder, ...)     the usable audio of a folder, decoded once
+    make_mix_dataset(mixer, ...)  the tf.data pipeline of one epoch (what train.make_dataset gives
+                                  for the cached mixtures)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import STFT
+import utils
+from augment import (
+    AUGMENT_PROBABILITY,
+    NOISE2_DB,
+    add_transients,
+    level_modulation,
+    random_eq,
+    reverberate,
+    room_impulse_response,
+    spectral_tilt,
+)
+from data import data_prep  # the mixing definitions: speech activity, exact SNR, peak, attempts
+
+log = utils.get_logger("train")  # its warnings are the training run's
+
+# [data] settings on-the-fly mixing reads (data/config.ini, [train] data_config, or --set data.KEY=...).
+MIX_DATA_KEYS = ("clean_train_path", "noise_train_path", "SNR_lower", "SNR_upper")
+
+
+def data_config_path(cfg) -> Path:
+    """[train] data_config (a relative path is relative to cfg's own file), else data/config.ini."""
+    raw = cfg.get("train", "data_config", fallback="").strip()
+    if not raw:
+        return utils.DATA_CONFIG
+    return (Path(getattr(cfg, "source", "config.ini")).resolve().parent / raw).resolve()
+
+
+def data_settings(cfg) -> dict:
+    """The MIX_DATA_KEYS of data_config_path(cfg)'s [data] section, with cfg's own [data] keys
+    (--set data.KEY=VALUE) on top."""
+    path = data_config_path(cfg)
+    dcfg = utils.load_config(path)
+    values = dict(dcfg.items("data")) if dcfg.has_section("data") else {}
+    if cfg.has_section("data"):
+        values.update(cfg.items("data"))
+    missing = [k for k in MIX_DATA_KEYS if not str(values.get(k, "")).strip()]
+    if missing:
+        raise utils.PipelineError(
+            f"{path}: [data] {', '.join(missing)} missing (needed by [train] on_the_fly)"
+        )
+    return {k: values[k].strip() for k in MIX_DATA_KEYS}
+
+
+def with_data_settings(cfg):
+    """A copy of cfg whose [data] section holds the resolved MIX_DATA_KEYS: saved beside the run, it
+    names the sources and SNR range the run was trained on and reproduces them on --resume."""
+    import configparser
+
+    values = data_settings(cfg)
+    out = configparser.ConfigParser(interpolation=None)
+    out.optionxform = str
+    out.read_dict(utils.config_to_dict(cfg))
+    out.source = getattr(cfg, "source", str(utils.DEFAULT_CONFIG))  # type: ignore[attr-defined]
+    if not out.has_section("data"):
+        out.add_section("data")
+    for key, value in values.items():
+        out.set("data", key, value)
+    if not out.has_section("train"):
+        out.add_section("train")
+    out.set("train", "data_config", str(data_config_path(cfg)))  # absolute: the copy lives elsewhere
+    return out
+
+
+@dataclass(frozen=True)
+class MixedExample:
+    noisy: np.ndarray  # float32 (n,) = speech + noise, speech = clean (reverberant with reverb)
+    clean: np.ndarray  # the training target
+    noise: np.ndarray
+    snr_db: float  # 10 log10(sum speech^2 / sum noise^2), speech = noisy - noise
+    level_db: float  # the level gain applied after mixing (after the peak cap)
+
+
+class OnTheFlyMixer:
+    """Training mixtures drawn at random from clean and noise sources held in memory.
+
+    Example `index` of `epoch` depends only on ([train] seed, epoch, index): a generator
+    default_rng([seed, epoch, index]) is split into independent streams for the SNR, the clean draw,
+    the noise draw, the level, the EQ and the room, so turning an augmentation on changes no other draw
+    and the result never depends on which thread made it or in what order. Per example:
+      * a clean segment of crop length from a uniformly drawn file and offset, redrawn until
+        data_prep.active_fraction >= 0.5 (the most active of MAX_ATTEMPTS draws otherwise);
+      * a noise segment likewise (a file shorter than the crop is looped), redrawn while silent;
+      * noise augmentations, each with AUGMENT_PROBABILITY and its own draws: noise2 adds a second
+        noise segment NOISE2_DB below the first; tilt (spectral_tilt), modulate (level_modulation),
+        transient (add_transients);
+      * [augment] eq: random shelves on the speech and (drawn separately) on the noise; the target is
+        the EQ'd speech. reverb: the speech convolved with room_impulse_response; the target is the
+        direct path + early reflections (EARLY_S); each with AUGMENT_PROBABILITY;
+      * SNR uniform in [SNR_lower, SNR_upper], data_prep.mix (exact SNR of speech to noise, one
+        anti-clipping gain on everything);
+      * a level gain uniform in [level_db_min, level_db_max] dB on noisy, target and noise alike (SNR
+        unchanged), lowered where max|noisy| would pass data_prep.PEAK.
+    The spectra are STFT.stft of the crop; its first `crop` frames are kept (the flush frames are
+    dropped, as a crop of a cached clip ends inside the clip).
+    """
+
+    def __init__(self, clean: list[np.ndarray], noise: list[np.ndarray], sp, crop: int, seed: int,
+                 snr_range: tuple[float, float], level_db: tuple[float, float] = (-10.0, 6.0),
+                 augment: tuple[str, ...] = ()):  # fmt: skip
+        self.clean, self.noise, self.sp, self.crop, self.seed = clean, noise, sp, crop, seed
+        self.snr_range, self.level_db, self.augment = snr_range, level_db, tuple(augment)
+        self.n_samples = crop * sp.hop
+
+    @classmethod
+    def from_config(cls, cfg, params, crop: int, progress: bool = False) -> OnTheFlyMixer:
+        """From the config's [data] sources and SNR range and train.TrainParams `params`; `crop` in frames."""
+        sp = STFT.StftParams.from_config(cfg)
+        d = data_settings(cfg)
+        try:
+            snr_range = float(d["SNR_lower"]), float(d["SNR_upper"])
+        except ValueError as e:
+            raise utils.PipelineError(f"[data] SNR_lower / SNR_upper: not numbers ({e})") from e
+        if not (all(map(math.isfinite, snr_range)) and snr_range[0] <= snr_range[1]):
+            raise utils.PipelineError(
+                f"[data] SNR_lower={snr_range[0]} SNR_upper={snr_range[1]}: need lower <= upper"
+            )
+        clean = load_sources(Path(d["clean_train_path"]), "clean", sp.sample_rate, crop * sp.hop, progress)
+        noise = load_sources(Path(d["noise_train_path"]), "noise", sp.sample_rate, 0, progress)
+        return cls(clean, noise, sp, crop, params.seed, snr_range, (params.level_db_min, params.level_db_max),
+                   params.augmentations)  # fmt: skip
+
+    def describe(self) -> str:
+        minutes = [sum(map(len, xs)) / self.sp.sample_rate / 60 for xs in (self.clean, self.noise)]
+        aug = ",".join(self.augment) or "none"
+        return (f"{len(self.clean)} clean files ({minutes[0]:.1f} min), {len(self.noise)} noise files "
+                f"({minutes[1]:.1f} min), SNR {self.snr_range[0]:g}..{self.snr_range[1]:g} dB, level "
+                f"{self.level_db[0]:g}..{self.level_db[1]:g} dB, augment {aug}")  # fmt: skip
+
+    def _pick_clean(self, rng: np.random.Generator) -> np.ndarray:
+        n, best = self.n_samples, (-1.0, None)
+        for _ in range(data_prep.MAX_ATTEMPTS):
+            x = self.clean[int(rng.integers(len(self.clean)))]
+            start = min(int(rng.random() * (len(x) - n + 1)), len(x) - n)
+            seg = x[start : start + n]
+            frac = data_prep.active_fraction(seg, self.sp.sample_rate)
+            if frac >= data_prep.ACTIVITY_MIN_FRACTION:
+                return seg
+            best = max(best, (frac, seg), key=lambda b: b[0])
+        return best[1]
+
+    def _pick_noise(self, rng: np.random.Generator) -> np.ndarray:
+        n = self.n_samples
+        for _ in range(data_prep.MAX_ATTEMPTS):
+            x = self.noise[int(rng.integers(len(self.noise)))]
+            room = len(x) - n + 1 if len(x) >= n else len(x)
+            start = min(int(rng.random() * room), room - 1)
+            seg = np.take(x, np.arange(start, start + n), mode="wrap")  # short noise loops
+            if not data_prep.is_silent(seg):
+                break
+        return seg
+
+    def example(self, epoch: int, index: int) -> MixedExample:
+        sr = self.sp.sample_rate
+        # spawn(n)'s first children do not depend on n: the streams added later leave older draws alone.
+        r_snr, r_clean, r_noise, r_level, r_eq, r_room, r_noise2, r_tilt, r_mod, r_trans = (
+            np.random.default_rng([self.seed, epoch, index]).spawn(10)
+        )
+        speech = self._pick_clean(r_clean)
+        noise = self._pick_noise(r_noise)
+        if "noise2" in self.augment and r_noise2.random() < AUGMENT_PROBABILITY:
+            other, rel_db = self._pick_noise(r_noise2), r_noise2.uniform(*NOISE2_DB)
+            scale = math.sqrt(
+                float(np.mean(noise.astype(np.float64) ** 2)) / (float(np.mean(other**2)) + 1e-12)
+            )
+            noise = (noise + other * np.float32(scale * 10 ** (rel_db / 20))).astype(np.float32)
+        if "tilt" in self.augment:
+            noise = spectral_tilt(noise, r_tilt, sr)
+        if "modulate" in self.augment:
+            noise = level_modulation(noise, r_mod, sr)
+        if "transient" in self.augment:
+            noise = add_transients(noise, self._pick_noise, r_trans, sr)
+        snr = float(r_snr.uniform(*self.snr_range))
+        level_db = float(r_level.uniform(*self.level_db))
+        if "eq" in self.augment:
+            speech, noise = random_eq(speech, r_eq, sr), random_eq(noise, r_eq, sr)
+        target = None  # None: the target is the mixed speech itself
+        if "reverb" in self.augment and r_room.random() < AUGMENT_PROBABILITY:
+            speech, target = reverberate(speech, room_impulse_response(r_room, sr), sr)
+        speech, noise, noisy, gain = data_prep.mix(speech, noise, snr)
+        clean = speech if target is None else (target * gain).astype(np.float32)
+        g = min(10 ** (level_db / 20), data_prep.PEAK / max(float(np.max(np.abs(noisy))), 1e-12))
+        f32 = np.float32(g)
+        return MixedExample(noisy * f32, clean * f32, noise * f32, snr, 20 * math.log10(g))
+
+    def spectra(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy, clean) STFTs (crop, F) complex64 of example `index`."""
+        ex = self.example(epoch, index)
+        X = STFT.stft(np.stack([ex.noisy, ex.clean]), self.sp)[:, : self.crop]
+        return X[0], X[1]
+
+
+def load_sources(folder: Path, kind: str, sample_rate: int, min_samples: int, progress: bool = False):
+    """Every usable audio file under folder, decoded once (mono float32 at sample_rate, read-only).
+    Unreadable, NaN, silent or (clean) shorter-than-crop files are skipped with a warning; data_prep's
+    own output folders inside it are ignored."""
+    from tqdm import tqdm
+
+    outputs = {f.format(split) for f in data_prep.FOLDERS for split in data_prep.SPLITS}
+    files = [p for p in utils.find_audio(folder) if not outputs & set(p.relative_to(folder).parts)]
+    least = max(min_samples, int(data_prep.MIN_NOISE_S * sample_rate) if kind == "noise" else 1)
+    arrays, skipped = [], []
+    for path in tqdm(files, desc=f"decoding {kind}", unit="file", leave=False, disable=not progress):
+        try:
+            x = data_prep.decode(str(path), sample_rate)
+        except utils.AudioError as e:
+            skipped.append((path, e.reason))
+            continue
+        if len(x) < least:
+            skipped.append((path, f"too short ({len(x) / sample_rate:.2f} s < {least / sample_rate:g} s)"))
+        elif (data_prep.active_fraction(x, sample_rate) == 0) if kind == "clean" else data_prep.is_silent(x):
+            skipped.append((path, "silent"))
+        else:
+            x.setflags(write=False)  # shared by every thread of the input pipeline
+            arrays.append(x)
+    short = [p for p, r in skipped if r.startswith("too short")]
+    for path, reason in [(p, r) for p, r in skipped if not r.startswith("too short")]:
+        log.warning(f"on-the-fly {kind}: skipped {path}: {reason}")
+    if short:
+        log.warning(f"on-the-fly {kind}: skipped {len(short)} files shorter than {least / sample_rate:g} s")
+    if not arrays:
+        why = utils.why_none_usable(skipped, len(files))
+        raise utils.PipelineError(f"{folder}: no usable {kind} audio for on-the-fly mixing{why}")
+    return arrays
+
+
+def make_mix_dataset(
+    mixer: OnTheFlyMixer,
+    epoch: int,
+    n_examples: int,
+    batch_size: int,
+    skip_batches: int = 0,
+    drop_remainder: bool = False,
+    parallel: int | None = None,
+):
+    """tf.data pipeline for one on-the-fly epoch: the (noisy, clean, valid) batches of make_dataset.
+
+    Example indices flow through the graph; one numpy_function per example mixes it and computes its
+    STFT, `parallel` (default AUTOTUNE) at a time, in order. Batch b holds examples b*B .. b*B + B - 1,
+    so resuming after k batches starts at example k*B and sees what the run would have seen.
+    """
+    utils.quiet_tensorflow()
+    import tensorflow as tf
+
+    crop, f = mixer.crop, mixer.sp.n_bins
+
+    def load(index):
+        noisy, clean = mixer.spectra(epoch, int(index))
+        return noisy, clean, np.ones(crop, np.float32)
+
+    def load_tf(index):
+        noisy, clean, valid = tf.numpy_function(
+            load, [index], [tf.complex64, tf.complex64, tf.float32], stateful=False
+        )
+        return (tf.ensure_shape(noisy, [crop, f]), tf.ensure_shape(clean, [crop, f]),
+                tf.ensure_shape(valid, [crop]))  # fmt: skip
+
+    ds = tf.data.Dataset.range(min(skip_batches * batch_size, n_examples), n_examples)
+    ds = ds.map(load_tf, num_parallel_calls=parallel or tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
