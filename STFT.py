@@ -778,16 +778,12 @@ def main(argv=None) -> int:
         "on 2 cores; 0 = one per core); the output does not depend on it",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
-    shard = parser.add_mutually_exclusive_group()
-    shard.add_argument(
-        "--shard", type=shards.shard_arg, metavar="I/N",
-        help="one machine's part: the I-th of N contiguous blocks of examples, into "
+    shards.add_arguments(
+        parser,
+        "one machine's part: the I-th of N contiguous blocks of examples, into "
         "<Split>_STFT.shard-I-of-N/; then --merge-shards N",
-    )  # fmt: skip
-    shard.add_argument(
-        "--merge-shards", type=shards.merge_arg, metavar="N",
-        help="join the N shard folders into <Split>_STFT/ (the arrays of one unsharded build)",
-    )  # fmt: skip
+        "join the N shard folders into <Split>_STFT/ (the arrays of one unsharded build)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 0:
         raise utils.PipelineError(f"--workers {args.workers}: must be >= 0 (0 = one per CPU core)")

@@ -875,16 +875,12 @@ def main(argv=None) -> int:
         help="files per input SNR with players on index.html, spread from best to worst model "
         "improvement (default 3: best, median, worst); all = every file",
     )
-    shard = parser.add_mutually_exclusive_group()
-    shard.add_argument(
-        "--shard", type=shards.shard_arg, metavar="I/N",
-        help="score only the I-th of N blocks of the test files (whole model batches) into "
+    shards.add_arguments(
+        parser,
+        "score only the I-th of N blocks of the test files (whole model batches) into "
         "<out>/shards/; then --merge-shards N with the same options",
-    )  # fmt: skip
-    shard.add_argument(
-        "--merge-shards", type=shards.merge_arg, metavar="N",
-        help="join the N shards of <out>/shards/ and write results.csv, summary.json, ... as one run would",
-    )  # fmt: skip
+        "join the N shards of <out>/shards/ and write results.csv, summary.json, ... as one run would",
+    )
     args = parser.parse_args(argv)
     utils.refuse_model_overrides(args.overrides, "evaluate.py")
     cfg = utils.config_from_args(args)

@@ -351,3 +351,10 @@ def remove_evaluate_shards(out_dir, count: int) -> None:
     folder = Path(out_dir) / "shards"
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
+
+
+def add_arguments(parser, shard_help: str, merge_help: str) -> None:
+    """--shard I/N and --merge-shards N (exclusive), with each script's own help text."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--shard", type=shard_arg, metavar="I/N", help=shard_help)
+    group.add_argument("--merge-shards", type=merge_arg, metavar="N", help=merge_help)

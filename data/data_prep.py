@@ -868,17 +868,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace outputs made with other settings (removes them first)",
     )
-    shard = parser.add_mutually_exclusive_group()
-    shard.add_argument(
-        "--shard", type=shards.shard_arg, metavar="I/N",
-        help="mix only the I-th of N contiguous blocks of each split's mixtures (one per machine); "
+    shards.add_arguments(
+        parser,
+        "mix only the I-th of N contiguous blocks of each split's mixtures (one per machine); "
         "writes manifest_<split>.shard-I-of-N.csv; then --merge-shards N",
-    )  # fmt: skip
-    shard.add_argument(
-        "--merge-shards", type=shards.merge_arg, metavar="N",
-        help="join the N shards' manifests (all in output_path) into manifest_<split>.csv, byte-identical "
+        "join the N shards' manifests (all in output_path) into manifest_<split>.csv, byte-identical "
         "to one unsharded run",
-    )  # fmt: skip
+    )
     return parser
 
 
