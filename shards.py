@@ -80,7 +80,6 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
     skipped lists into data_prep_skipped_<split>.csv, as one unsharded run writes them; the shard files
     are removed afterwards. Refuses (writing nothing) when a shard is missing or the shards' mixture
     indices are not exactly 1..total_<split>_files."""
-    import csv
 
     from data import data_prep
 
@@ -112,12 +111,7 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
                     skipped.setdefault(r["path"], r["reason"])
         data_prep.remove_leftovers(out, split)  # temp files of interrupted shards (none runs now)
         data_prep.write_manifest(out / f"manifest_{split}.csv", rows)
-        skipped_csv = out / f"data_prep_skipped_{split}.csv"
-        if skipped:
-            with utils.atomic_write(skipped_csv, "w") as f:
-                csv.writer(f, lineterminator="\n").writerows([("path", "reason"), *sorted(skipped.items())])
-        else:
-            skipped_csv.unlink(missing_ok=True)
+        data_prep.write_skipped(out / f"data_prep_skipped_{split}.csv", skipped)
         done += manifests + [out / f"data_prep_skipped_{split}.{p}.csv" for p in parts]
         lines.append(f"{split}: {total} mixtures from {count} shards -> {out / f'manifest_{split}.csv'}")
     for path in done:

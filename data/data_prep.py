@@ -686,6 +686,15 @@ def check_state(plan: SplitPlan, overwrite: bool) -> None:
         )
 
 
+def write_skipped(path: Path, skipped: dict) -> None:
+    """data_prep_skipped_<split>.csv: (path, reason) of each skipped source, sorted; none -> no file."""
+    if skipped:
+        with utils.atomic_write(path, "w") as f:
+            csv.writer(f, lineterminator="\n").writerows([("path", "reason"), *sorted(skipped.items())])
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     manifests.write(path, rows, MANIFEST_COLUMNS)
 
@@ -782,12 +791,7 @@ def run_split(plan: SplitPlan, workers: int, progress: bool = True, shard=None) 
     part = f".{shard.label}" if shard else ""
     manifest = out / f"manifest_{plan.split}{part}.csv"
     write_manifest(manifest, total.rows)
-    skipped_csv = out / f"data_prep_skipped_{plan.split}{part}.csv"
-    if skipped:
-        with utils.atomic_write(skipped_csv, "w") as f:
-            csv.writer(f, lineterminator="\n").writerows([("path", "reason"), *sorted(skipped.items())])
-    else:
-        skipped_csv.unlink(missing_ok=True)
+    write_skipped(out / f"data_prep_skipped_{plan.split}{part}.csv", skipped)
     return SplitStats(
         plan.split, n_mix, total.written, total.resumed, time.perf_counter() - started,
         skipped, total.notes, manifest,

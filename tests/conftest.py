@@ -163,3 +163,28 @@ def run_enhance_cli(capsys, *args) -> tuple[int, str, str]:
     rc = enhance.main([str(a) for a in args])
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def write_split(data: Path, split: str, seconds, seed: int) -> None:
+    """noisy = clean + noise pairs and a manifest in data_prep's layout (docs/design.md section 3)."""
+    rows = []
+    for n, secs in enumerate(seconds):
+        clean = speech_like(secs, seed + n)
+        noise = noise_like(secs, seed + 50 + n)
+        snr = float([0, 5, -5][n % 3])
+        noise = noise * np.sqrt(np.sum(clean**2) / np.sum(noise**2) / 10 ** (snr / 10))
+        noisy = (clean + noise).astype(np.float32)
+        names = {
+            "clean": f"CleanSpeech_{split}/clnsp{n}.wav",
+            "noise": f"Noise_{split}/noisy{n}_SNRdb_{snr:g}.wav",
+            "noisy": f"NoisySpeech_{split}/noisy{n}_SNRdb_{snr:g}_clnsp{n}.wav",
+        }
+        for key, sig in (("clean", clean), ("noise", noise.astype(np.float32)), ("noisy", noisy)):
+            (data / names[key]).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(data / names[key], sig, SR, subtype="FLOAT")
+        rows.append({"index": n, **names, "snr_db": snr, "clean_source": "synthetic", "clean_start_s": 0,
+                     "noise_source": "synthetic", "noise_start_s": 0, "gain": 1.0})  # fmt: skip
+    with open(data / f"manifest_{split}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

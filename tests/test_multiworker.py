@@ -10,7 +10,6 @@ ends, passed or failed. Deselect with -m "not multiworker".
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import signal
@@ -22,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from conftest import ROOT, SR, noise_like, speech_like, write_config
+from conftest import ROOT, write_config, write_split
 
 import STFT
 import train
@@ -37,23 +35,6 @@ KILL_DEADLINE_S = 60  # from the kill of one worker to the exit of the other
 TRAIN = {"epochs": 1, "batch_size": 2, "crop_seconds": 0.5, "learning_rate": 1e-3, "validation_files": 1,
          "audio_examples": 1, "checkpoint_steps": 100}  # fmt: skip
 TINY = {"projection_units": 16, "lstm_units": 16, "lstm_layers": 1, "dense_units": 16}
-
-
-def write_split(data: Path, split: str, seconds, seed: int) -> None:
-    """noisy = clean + noise and a manifest in data_prep's layout."""
-    rows = []
-    for n, secs in enumerate(seconds):
-        clean, noise = speech_like(secs, seed + n), noise_like(secs, seed + 50 + n)
-        names = {"clean": f"CleanSpeech_{split}/clnsp{n}.wav", "noise": f"Noise_{split}/noisy{n}_SNRdb_0.wav",
-                 "noisy": f"NoisySpeech_{split}/noisy{n}_SNRdb_0_clnsp{n}.wav"}  # fmt: skip
-        for key, sig in (("clean", clean), ("noise", noise), ("noisy", clean + noise)):
-            (data / names[key]).parent.mkdir(parents=True, exist_ok=True)
-            sf.write(data / names[key], sig.astype(np.float32), SR, subtype="FLOAT")
-        rows.append({"index": n, **names, "snr_db": 0})
-    with open(data / f"manifest_{split}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 @pytest.fixture(scope="module")
