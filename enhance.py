@@ -690,7 +690,7 @@ class Enhancer(BaseEnhancer):
         self.model, self.cfg, self.source, self.engine = model, cfg, source, engine
         self.sp, self.fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
         params = M.ModelParams.from_config(cfg)
-        self.causal = params.causal
+        self.causal = params.streamable  # a future-context model runs whole clips, like a bidirectional one
         self.lookahead = params.lookahead_frames if self.causal else 0
         self._chunk_fn = None
         self._step_path = None

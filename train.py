@@ -690,12 +690,22 @@ def _resume_conflicts(saved, cfg) -> list[str]:
         except (TypeError, ValueError):
             return v
 
+    def get(items: dict, section: str, key: str):
+        if key in items:
+            return items[key]
+        try:  # a key newer than the saved config: the run had its default
+            return utils.config_default(section, key)
+        except KeyError:
+            return None
+
     diffs = []
     for section in MODEL_SECTIONS:
         sa = dict(saved.items(section)) if saved.has_section(section) else {}
         sb = dict(cfg.items(section)) if cfg.has_section(section) else {}
-        diffs += [f"[{section}] {k} {sa.get(k)} -> {sb.get(k)}" for k in sorted(set(sa) | set(sb))
-                  if norm(sa.get(k)) != norm(sb.get(k))]  # fmt: skip
+        for k in sorted(set(sa) | set(sb)):
+            a, b = get(sa, section, k), get(sb, section, k)
+            if norm(a) != norm(b):
+                diffs.append(f"[{section}] {k} {a} -> {b}")
     pa, pb = TrainParams.from_config(saved), TrainParams.from_config(cfg)
     diffs += [f"[train] {k} {getattr(pa, k)} -> {getattr(pb, k)}" for k in FIXED_TRAIN_KEYS
               if getattr(pa, k) != getattr(pb, k)]  # fmt: skip
