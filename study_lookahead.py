@@ -577,7 +577,7 @@ def collect(entries: list[Entry], records: dict, study: dict, references: Path |
             "epochs": len(hist),
             "optimizer_steps": hist[-1]["step"] if hist else None,
             # stopped by [train] patience / min_delta (train.plateaued), not by the epoch limit
-            "converged": train.plateaued(hist, study["patience"], study["min_delta"]),
+            "converged": train.plateaued(hist, study["patience"], study["min_delta"], study["min_epochs"]),
             "train_seconds": sum(h["train_seconds"] + h["validation_seconds"] for h in hist),
             "best_epoch": (read_json(e.best / "metrics.json") or {}).get("epoch"),
             "validation_si_sdr": [h.get("validation", {}).get("si_sdr") for h in hist],
@@ -639,7 +639,9 @@ def format_table(results: dict) -> str:
         "# Lookahead study: quality against algorithmic latency\n",
         (
             f"Every model: at most {results['epochs']} epoch(s), stopped once {results['patience']} "
-            f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged"); batch '
+            f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged")'
+            + (f", not before epoch {results['min_epochs']}" if results.get("min_epochs") else "")
+            + "; batch "
             if results.get("patience")
             else f"Every model: {results['epochs']} epoch(s), {results['optimizer_steps']} optimizer steps "
             "of batch "
@@ -953,6 +955,7 @@ def main(argv=None) -> int:
         "learning_rate": params.learning_rate,
         "patience": params.patience,
         "min_delta": params.min_delta,
+        "min_epochs": params.min_epochs,
         "on_the_fly": params.on_the_fly,
         "training_clips": clips,  # per epoch
         "optimizer_steps": epochs * math.ceil(clips / params.batch_size),  # the most any model may take

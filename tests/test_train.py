@@ -935,6 +935,8 @@ def test_plateau_rule():
     assert not train.plateaued(rows(1.0, 2.0, 2.04, 2.06), 2, 0.05)
     assert not train.plateaued(rows(3.0, 2.0), 2, 0.05)  # too few validations to judge
     assert not train.plateaued(rows(3.0, 2.0, 1.0), 0, 0.05)  # patience 0: never
+    assert train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=3)
+    assert not train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=4)  # a lucky first epoch
     unvalidated = [{"epoch": 9, "validation": None}]
     assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
 
