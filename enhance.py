@@ -1008,7 +1008,10 @@ def _enhance_all(args, cfg, jobs, errors, outdir: Path, chunk_seconds: float) ->
             "frames); output realigned with the input"
         )
     elif not enhancer.causal:
-        print(f"{enhancer.source}: non-causal model: each file is processed whole, in memory (no chunking)")
+        print(
+            f"{enhancer.source}: no streaming step (non-causal, or [model] lookahead_mode=context): "
+            "each file is processed whole, in memory (no chunking)"
+        )
     run_cfg = _run_config(cfg, enhancer, args)
     utils.remove_stale_temps(outdir / "enhance_config.ini")
     _refuse_another_model(outdir, run_cfg)
