@@ -580,7 +580,9 @@ def collect(entries: list[Entry], records: dict, study: dict, references: Path |
             "converged": train.plateaued(hist, study["patience"], study["min_delta"], study["min_epochs"]),
             "train_seconds": sum(h["train_seconds"] + h["validation_seconds"] for h in hist),
             "best_epoch": (read_json(e.best / "metrics.json") or {}).get("epoch"),
-            "validation_si_sdr": [h.get("validation", {}).get("si_sdr") for h in hist],
+            "validation_si_sdr": [(h.get("validation") or {}).get("si_sdr") for h in hist],
+            # the smooth signal beside the noisy validation: mean training loss per epoch
+            "train_loss": [h.get("train_loss") for h in hist],
             "metrics": means(part(summaries[e.label])["results"]["model"]),
             "run_dir": str(e.run_dir),
             "evaluation_dir": str(e.out),
@@ -774,31 +776,33 @@ def plot(results: dict, path: Path) -> None:
 
 
 def plot_curves(results: dict, path: Path) -> None:
-    """Validation SI-SDR of every model per epoch (the curves the convergence rule reads), the kept
-    epoch marked."""
+    """Validation SI-SDR (what the convergence rule reads; the kept epoch starred) and mean training
+    loss of every model per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = [s for s in results["systems"] if s["kind"] == "model"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    fig.subplots_adjust(left=0.09, right=0.72, top=0.9, bottom=0.12)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.subplots_adjust(left=0.06, right=0.83, top=0.88, bottom=0.12, wspace=0.25)
     for j, s in enumerate(models):
-        y = [math.nan if v is None else v for v in s.get("validation_si_sdr") or []]
-        if not y:
-            continue
-        other_seed = s.get("seed", results["seed"]) != results["seed"]
-        x = list(range(1, len(y) + 1))
+        style = "--" if s.get("seed", results["seed"]) != results["seed"] else "-"
         color = f"C{j % 10}"
-        ax.plot(x, y, linestyle="--" if other_seed else "-", color=color, label=s["name"])
-        if s.get("best_epoch") and s["best_epoch"] <= len(y):
-            ax.plot([s["best_epoch"]], [y[s["best_epoch"] - 1]], marker="*", color=color, markersize=9)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation SI-SDR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Validation SI-SDR per epoch ({_budget_words(results)}; * = kept epoch)", fontsize=10)
+        for ax, key in zip(axes, ("validation_si_sdr", "train_loss")):
+            y = [math.nan if v is None else v for v in s.get(key) or []]
+            if not y:
+                continue
+            ax.plot(range(1, len(y) + 1), y, linestyle=style, color=color, label=s["name"])
+            best = s.get("best_epoch")
+            if key == "validation_si_sdr" and best and best <= len(y):
+                ax.plot([best], [y[best - 1]], marker="*", color=color, markersize=9)
+    for ax, label in zip(axes, ("validation SI-SDR (dB)", "training loss (epoch mean)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"Training curves ({_budget_words(results)}; * = kept epoch)", fontsize=10)
     with utils.atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
