@@ -289,7 +289,7 @@ def test_streaming_equals_whole_clip(tmp_path, rng, lookahead, frames):
     for _ in range(2):  # flush() resets, so a second clip gives the same result
         out = [stream.step(frame) for frame in x[0]]
         assert all(m is None for m in out[:lookahead])  # the lookahead fills first
-        masks = [m for m in out if m is not None] + stream.flush()
+        masks = [m for m in out if m is not None] + list(stream.flush())
         assert len(masks) == frames
         np.testing.assert_allclose(np.stack(masks), whole, atol=1e-4)
 

@@ -54,7 +54,7 @@ def test_default_stream_is_tflite_and_equals_keras_step(tmp_path, lookahead, use
 
     feats = STFT.features(STFT.stft(noisy(0.8037, 40), lite.sp), lite.fp, lite.sp)
     ref = M.StreamingMask(lite.model, lite.cfg)
-    want = [m for m in map(ref.step, feats) if m is not None] + ref.flush()
+    want = [m for m in map(ref.step, feats) if m is not None] + list(ref.flush())
     got = [m for m in map(runner.step, feats) if m is not None] + list(runner.flush())
     assert len(got) == len(want) == len(feats)
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=ATOL, rtol=0)
