@@ -197,6 +197,16 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     held = summary["excluding_validation_files"]
     assert held["n_excluded"] == 2 and held["n_files"] == 1
     assert held["results"]["model"]["si_sdr"]["n"] == 1
+    # ... through the same scoring (metrics.score on the istft of the model's spectrum): its scores of
+    # the two validation files average to what validation recorded for best/'s weights
+    with open(tmp_path / "eval" / "results.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["index"] in ("0", "1")]
+    for system, suffix in (("model", ""), ("noisy", "_noisy")):
+        for key in ("sdr", "si_sdr", "snr"):
+            mean = np.mean([float(r[key]) for r in rows if r["system"] == system])
+            assert mean == pytest.approx(metrics_json["validation"][key + suffix], abs=1e-3), (system, key)
+    snri = np.mean([float(r["snri"]) for r in rows if r["system"] == "model"])
+    assert snri == pytest.approx(metrics_json["validation"]["snri"], abs=1e-3)
 
     # TensorBoard: step scalars, epoch scalars (train and validation), audio and images
     tr = read_events(Path(cfg["paths"]["log_dir"]) / "run" / "train")
