@@ -132,6 +132,11 @@ def data_settings(cfg) -> dict:
         raise utils.PipelineError(
             f"{path}: [data] {', '.join(missing)} missing (needed by [train] on_the_fly)"
         )
+    if "sample_rate" in values:  # mixed at the model's rate: [STFT] sample_rate (decoded at it below)
+        own = cfg.has_option("data", "sample_rate")  # a --set data.sample_rate=... override
+        source = getattr(cfg, "source", "config.ini")
+        rate = STFT.StftParams.from_config(cfg).sample_rate
+        utils.check_sample_rates(values["sample_rate"], source if own else path, rate, source)
     return {k: values[k].strip() for k in MIX_DATA_KEYS}
 
 
