@@ -495,13 +495,12 @@ def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, t
 REPLICA_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import STFT, train, utils
-    cfg = utils.load_config(sys.argv[2])
+    cfg = utils.load_config(sys.argv[1])
     params = train.TrainParams.from_config(cfg)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
     batch = train.load_crops(cache, np.arange(4), np.array([0, 5, 0, 9]), train.crop_frames(cfg, params))
@@ -524,7 +523,7 @@ REPLICA_SCRIPT = textwrap.dedent(
             out[f"{name}_weight{i}"] = w
         for i, v in enumerate(trainer.optimizer.variables):  # Adam's moments see the gradient scale
             out[f"{name}_opt{i}"] = np.array(v)
-    np.savez(sys.argv[3], **out)
+    np.savez(sys.argv[2], **out)
     # the whole loop under MirroredStrategy: distributed dataset, validation, checkpoints
     folder = train.train(cfg, "mirrored", strategy="mirrored", progress=False)
     print("history", (folder / "history.jsonl").read_text().strip())
@@ -541,8 +540,8 @@ def test_two_replicas_give_the_loss_and_gradients_of_one(data_root, tmp_path):
     )  # fmt: skip
     out = tmp_path / "replicas.npz"
     result = subprocess.run(
-        [sys.executable, "-c", REPLICA_SCRIPT, str(ROOT), str(cfg_path), str(out)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", REPLICA_SCRIPT, str(cfg_path), str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # -c: the current folder is on sys.path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     r = np.load(out)
