@@ -12,17 +12,17 @@ out), is written to a temp file and renamed (mode 0666 & ~umask), and never repl
 How a file is processed
     causal model, offline (default): the file is read, resampled, enhanced and written in blocks of
         [enhance] chunk_seconds. The STFT framing is causal (frame t covers samples
-        [t*hop - 240, t*hop + 160)), so a `FrameStream` keeps the last 240 input samples, the previous
-        STFT frame (delta phase), the LSTM states (a stateful whole-chunk call) and the overlap-add
-        tail across blocks: the output equals whole-file processing (to float rounding) and memory
-        does not grow with the file length.
+        [t*hop - 240, t*hop + 160)), so a `streaming.FrameStream` keeps the last 240 input samples,
+        the previous STFT frame (delta phase), the LSTM states (a stateful whole-chunk call) and the
+        overlap-add tail across blocks: the output equals whole-file processing (to float rounding)
+        and memory does not grow with the file length.
     causal model, --streaming: the same chain fed 10-ms blocks, the model run frame by frame with its
-        state (`HopStream`), exactly as a real-time system would; it equals the offline output. The
-        network step is, by default, a TFLite model converted from the weights on first use and cached
-        beside them (tflite_step.cached_step: keyed by a hash of weights + config, rebuilt when stale; a
-        read-only model folder falls back to ~/.cache/.../tflite), run by LiteRT; --engine keras runs
-        the Keras step instead (model.StreamingMask; same output to float rounding, ~5x slower), and
-        --tflite DIR an export.py folder.
+        state (`streaming.HopStream`), exactly as a real-time system would; it equals the offline
+        output. The network step is, by default, a TFLite model converted from the weights on first
+        use and cached beside them (tflite_step.cached_step: keyed by a hash of weights + config,
+        rebuilt when stale; a read-only model folder falls back to ~/.cache/.../tflite), run by
+        LiteRT; --engine keras runs the Keras step instead (model.StreamingMask; same output to float
+        rounding, ~5x slower), and --tflite DIR an export.py folder.
     bidirectional / seed models: they need the whole file at once; it is read into memory (no chunking
         is possible because the network looks at the future of every frame).
 
