@@ -148,6 +148,7 @@ def test_enhance_cli_with_tflite(exported, tmp_path, capsys):
     np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(model_dir)(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_self_check(exported, tmp_path, capsys):
     """export.py's printed check: the TFLite step against the Keras step on random frames."""
     model_dir, _ = exported
@@ -156,6 +157,7 @@ def test_cli_self_check(exported, tmp_path, capsys):
     assert float(line.split("float32 max |mask - Keras| = ")[1].split(";")[0]) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_and_non_causal(tmp_path, capsys):
     bidir = make_model(tmp_path / "bi", architecture="bidirectional")
     assert export.main(["--model", str(bidir), "--out", str(tmp_path / "exp")]) == 0

@@ -242,6 +242,7 @@ def test_loss_from_config(tmp_path, rng):
     np.testing.assert_allclose(M.loss_from_config(cfg)(S, S_hat).numpy(), expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss(tmp_path, rng):
     """A full train step (features, model, complex product, loss, Adam) in a tf.function learns."""
     cfg = make_cfg(tmp_path, lookahead_frames=1)

@@ -131,6 +131,7 @@ def test_cli_engine_keras_equals_default(tmp_path, capsys, user_cache):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_engine_streams_the_tflite_step(tmp_path, user_cache):
     """evaluate.py --engine tflite: each file streamed through the step, equal to the Keras estimate."""
     from conftest import make_test_set

@@ -948,6 +948,7 @@ def test_plateau_rule():
     assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_and_a_resume_does_not_restart_it(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root, epochs="6", patience="1", min_delta="1000")
     folder = train.train(cfg, "run", progress=False)
