@@ -253,7 +253,7 @@ class Enhancer(BaseEnhancer):
         self.model, self.cfg, self.source, self.engine = model, cfg, source, engine
         self.sp, self.fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
         params = M.ModelParams.from_config(cfg)
-        self.causal = params.causal
+        self.causal = params.streamable  # a future-context model runs whole clips, like a bidirectional one
         self.lookahead = params.lookahead_frames if self.causal else 0
         self._chunk_fn = None
         self._step_path = None
@@ -570,7 +570,10 @@ def _enhance_all(args, cfg, jobs, errors, outdir: Path, chunk_seconds: float) ->
             "frames); output realigned with the input"
         )
     elif not enhancer.causal:
-        print(f"{enhancer.source}: non-causal model: each file is processed whole, in memory (no chunking)")
+        print(
+            f"{enhancer.source}: no streaming step (non-causal, or [model] lookahead_mode=context): "
+            "each file is processed whole, in memory (no chunking)"
+        )
     run_cfg = _run_config(cfg, enhancer, args)
     utils.remove_stale_temps(outdir / "enhance_config.ini")
     _refuse_another_model(outdir, run_cfg)

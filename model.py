@@ -44,6 +44,10 @@ import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 ARCHITECTURES = ("causal", "bidirectional", "seed")
+# How a causal model uses its L frames of lookahead: delay = the LSTMs run L frames ahead of the output
+# (the paper's delayed output); context = each frame's projection is filtered over frames t..t+L
+# before the LSTMs (the future as input; the lookahead study's variant, offline only).
+LOOKAHEAD_MODES = ("delay", "context")
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.ini"
 
@@ -55,6 +59,7 @@ CONFIG_FILE = "config.ini"
 class ModelParams:
     architecture: str = "causal"
     lookahead_frames: int = 0
+    lookahead_mode: str = "delay"
     projection_units: int = 256
     lstm_units: int = 256
     lstm_layers: int = 2
@@ -70,9 +75,9 @@ class ModelParams:
     def from_config(cls, cfg) -> ModelParams:
         m = cfg["model"] if cfg.has_section("model") else {}
         d = cls()
-        kw = {"architecture": str(m.get("architecture", d.architecture)).strip().lower()}
+        kw = {k: str(m.get(k, getattr(d, k))).strip().lower() for k in ("architecture", "lookahead_mode")}
         for name in cls.__dataclass_fields__:
-            if name == "architecture":
+            if name in kw:
                 continue
             default = getattr(d, name)
             raw = m.get(name, str(default))
@@ -97,6 +102,11 @@ class ModelParams:
             )
         if self.lookahead_frames < 0:
             raise utils.PipelineError(f"{src}: [model] lookahead_frames must be >= 0")
+        if self.lookahead_mode not in LOOKAHEAD_MODES:
+            raise utils.PipelineError(
+                f"{src}: [model] lookahead_mode={self.lookahead_mode!r}: expected one of "
+                + ", ".join(LOOKAHEAD_MODES)
+            )
         if self.mask_bound <= 0:
             raise utils.PipelineError(f"{src}: [model] mask_bound must be > 0")
         sizes = ("projection_units", "lstm_units", "lstm_layers", "dense_units", "seed_conv_filters")
@@ -109,6 +119,16 @@ class ModelParams:
     @property
     def causal(self) -> bool:
         return self.architecture == "causal"
+
+    @property
+    def future_context(self) -> bool:
+        """Lookahead given as input context (a temporal filter over frames t..t+L) rather than as a
+        delayed output: offline only, the streaming step carries no frame buffer."""
+        return self.causal and self.lookahead_mode == "context" and self.lookahead_frames > 0
+
+    @property
+    def streamable(self) -> bool:
+        return self.causal and not self.future_context
 
 
 def _boolean(raw, what: str) -> bool:
@@ -359,8 +379,10 @@ def _build_recurrent(p: ModelParams, n_bins: int, channels: int) -> keras.Model:
     x = TimePad(lookahead, name="lookahead_pad")(inp) if lookahead else inp
     x = layers.Reshape((-1, n_bins * channels), name="flatten_bins")(x)
     x = layers.Dense(p.projection_units, activation="relu", name="projection")(x)
+    if p.future_context:  # T + L padded frames -> T: frame t sees projections t..t+L
+        x = layers.DepthwiseConv1D(lookahead + 1, padding="valid", name="future_context")(x)
     x = _recurrent_stack(x, p, bidirectional=not p.causal)
-    if lookahead:
+    if lookahead and not p.future_context:
         x = TimeDrop(lookahead, name="lookahead_drop")(x)
     for i in range(p.dense_layers):
         x = layers.Dense(p.dense_units, activation="relu", name=f"dense_{i}")(x)
@@ -525,6 +547,11 @@ def _require_causal(cfg) -> ModelParams:
             f"model.py: streaming needs [model] architecture=causal "
             f"(got {p.architecture}, which sees the future)"
         )
+    if p.future_context:
+        raise utils.PipelineError(
+            "model.py: streaming needs [model] lookahead_mode=delay (lookahead_mode=context runs "
+            "whole clips only)"
+        )
     return p
 
 
@@ -681,6 +708,8 @@ def _layer_macs(layer) -> int:
         return _layer_macs(layer.forward_layer) + _layer_macs(layer.backward_layer)
     if isinstance(layer, layers.LSTM):
         return int(np.prod(layer.cell.kernel.shape) + np.prod(layer.cell.recurrent_kernel.shape))
+    if isinstance(layer, layers.DepthwiseConv1D):  # over time: one output frame per frame
+        return int(np.prod(layer.kernel.shape))
     if isinstance(layer, layers.Conv2D):  # per frame: every output bin of one frame
         return int(np.prod(layer.kernel.shape)) * int(layer.output.shape[2])
     if isinstance(layer, layers.Dense):

@@ -3,6 +3,8 @@ much lookahead buys back (the paper's central question), in one command.
 
     python study_lookahead.py [--config config.ini] [--set section.key=value ...]
                               [--lookaheads 0,1,2,5,10,20] [--no-bidirectional]
+                              [--extra-seeds S,... [--extra-seed-lookaheads 0,20]]
+                              [--baselines rnnoise,deepfilternet]
                               [--epochs E | --budget-minutes M] [--out results/lookahead]
                               [--limit N] [--workers N] [--no-oracles] [--quick] [--overwrite]
 
@@ -13,13 +15,20 @@ bidirectional model of the same sizes, evaluates each with evaluate.py and write
   table.md                  one row per system: lookahead, algorithmic latency (ms; "offline" for the
                             bidirectional model), parameters, multiply-adds per frame, mean SDR,
                             SI-SDR, SNRi, PESQ, STOI, and the paired per-file SI-SDR difference to the
-                            bidirectional model (mean +- 95% CI half-width); noisy input and oracle
-                            masks once. Also printed at the end.
-  results.json              the same figures, the training budget and where every run lives
-  quality_vs_latency.png    SI-SDR and PESQ against algorithmic latency; the bidirectional model
-                            and the noisy input as horizontal lines
+                            bidirectional model of the same seed (mean +- 95% CI half-width); noisy
+                            input, --baselines (at their published latency) and oracle masks once;
+                            with --extra-seeds a second table: each retrained model's difference to
+                            the bidirectional model per seed and averaged over seeds per file, and the
+                            seed-to-seed difference. Also printed at the end.
+  results.json              the same figures, each model's validation SI-SDR per epoch, whether it
+                            converged, the training budget and where every run lives
+  quality_vs_latency.png    SI-SDR and PESQ against algorithmic latency; other seeds hollow,
+                            baselines at their published latency, the bidirectional model and the
+                            noisy input as horizontal lines
+  validation_curves.png     validation SI-SDR per epoch of every model, the kept epoch starred
   config.ini                the resolved config of the study
-  runs/<name>/              evaluate.py's outputs per model (results.csv, summary.json, ...)
+  runs/<label>/             evaluate.py's outputs per model (results.csv, summary.json, ...);
+                            runs/references/ those of the noisy input, oracles and baselines
 
 Equal training budget: every model trains from the same STFT cache with the same [train] seed
 (same data order, same crops), batch size, learning rate and number of epochs, hence the same number
@@ -32,7 +41,10 @@ run, which then resumes to E epochs (with [train] validation_interval > 1 that r
 epoch 1). Without either option, [train] epochs of the config.
 
 Runs: <checkpoint_dir>/<study>/<name>, <log_dir>/<study>/<name> (TensorBoard), name = lookahead_00,
-lookahead_02, ..., bidirectional; <study> = --study (default study_lookahead). Resumable: a model whose
+lookahead_02, ..., bidirectional; <study> = --study (default study_lookahead); --extra-seeds S runs in
+<study>_seed<S>/ and shows as <name>_seed<S>. Convergence: with [train] patience P > 0 every model stops
+once P validations in a row gained no more than [train] min_delta dB SI-SDR (train.plateaued), with the
+epoch count as the maximum; the table and results.json say which models "converged". Resumable: a model whose
 saved settings (hash of [STFT], [features], [model], [loss], [train] except epochs and bookkeeping keys,
 and the training / testing data) match is not retrained when it has the requested epochs, is resumed
 (train.py --resume) when it has fewer, and its evaluation is reused when the evaluation settings match
@@ -69,6 +81,9 @@ MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 # hence which one best/ holds: the model the study scores) and data_config (the study hashes it with
 # the other training settings).
 BOOKKEEPING_KEYS = set(train.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
+# Keys added after studies were run, left out of the settings hash at their default (the behaviour
+# runs made before them had), so that adding a key never invalidates a finished run.
+LATER_KEYS = {("model", "lookahead_mode"): "delay"}
 # --quick: a seconds-long end-to-end check (CI); applied before the user's --set, which may change them.
 QUICK_SETS = (
     "model.projection_units=16",
@@ -94,11 +109,13 @@ log = utils.get_logger("study")
 class Entry:
     """One model of the study: its config (architecture, lookahead, study paths) and folders."""
 
-    name: str
+    name: str  # the run's name inside its study folder
     architecture: str
     lookahead: int
     cfg: configparser.ConfigParser
-    out: Path  # evaluation folder <out>/runs/<name>
+    out: Path  # evaluation folder <out>/runs/<label>
+    seed: int
+    label: str  # name in the table: the run name, plus _seed<S> for an --extra-seeds run
 
     @property
     def run_dir(self) -> Path:
@@ -147,20 +164,35 @@ def _set(cfg, section: str, key: str, value) -> None:
     cfg.set(section, key, str(value))
 
 
-def make_entries(cfg, study: str, lookaheads: list[int], bidirectional: bool, out: Path) -> list[Entry]:
-    """The causal model at each lookahead, then the bidirectional one; runs under <dir>/<study>/."""
+def make_entries(
+    cfg, study: str, lookaheads: list[int], bidirectional: bool, out: Path, seed: int | None = None
+) -> list[Entry]:
+    """The causal model at each lookahead, then the bidirectional one; runs under <dir>/<study>/.
+    seed: another [train] seed for the same models, run under <dir>/<study>_seed<seed>/ and labelled
+    <name>_seed<seed> (the study's own seed is [train] seed)."""
     specs = [(f"lookahead_{L:02d}", "causal", L) for L in lookaheads]
     if bidirectional:
         specs.append(("bidirectional", "bidirectional", 0))  # lookahead is ignored: keep the hash stable
+    folder = study if seed is None else f"{study}_seed{seed}"
     entries = []
     for name, arch, L in specs:
         c = copy_config(cfg)
         for key in ("checkpoint_dir", "log_dir", "enhanced_dir"):
-            _set(c, "paths", key, utils.get_path(cfg, key) / study)
+            _set(c, "paths", key, utils.get_path(cfg, key) / folder)
         _set(c, "model", "architecture", arch)
         _set(c, "model", "lookahead_frames", L)
-        entries.append(Entry(name, arch, L, c, out / "runs" / name))
+        if seed is not None:
+            _set(c, "train", "seed", seed)
+        label = name if seed is None else f"{name}_seed{seed}"
+        entries.append(Entry(name, arch, L, c, out / "runs" / label, c.getint("train", "seed"), label))
     return entries
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    try:
+        return list(dict.fromkeys(int(v) for v in (text or "").split(",") if v.strip()))
+    except ValueError as e:
+        raise utils.PipelineError(f"--extra-seeds {text!r}: expected comma-separated integers") from e
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -214,7 +246,11 @@ def data_fingerprint(cfg) -> dict:
 
 def train_settings(cfg, data: dict) -> dict:
     """Everything the trained weights depend on (epochs apart: a run may be extended by resuming)."""
-    s = {sec: {k: _norm(v) for k, v in cfg.items(sec)} for sec in MODEL_SECTIONS if cfg.has_section(sec)}
+    s = {
+        sec: {k: _norm(v) for k, v in cfg.items(sec) if LATER_KEYS.get((sec, k)) != _norm(v)}
+        for sec in MODEL_SECTIONS
+        if cfg.has_section(sec)
+    }
     if cfg.has_section("train"):
         s["train"] = {k: _norm(v) for k, v in cfg.items("train") if k not in BOOKKEEPING_KEYS}
     s["data"] = data
@@ -272,7 +308,7 @@ def ensure_trained(entry: Entry, epochs: int, settings: dict, overwrite: bool, p
     """Trains, resumes or skips the run so that it holds `epochs` epochs; True when it trained."""
     state, done, diffs = run_state(entry, settings)
     if state == "same" and done == epochs and (entry.best / "model.weights.h5").is_file():
-        print(f"{entry.name}: already trained ({epochs} epoch(s), same settings): not retrained", flush=True)
+        print(f"{entry.label}: already trained ({epochs} epoch(s), same settings): not retrained", flush=True)
         return False
     if state == "same" and done > epochs:
         state, diffs = "other", [f"{done} epochs trained, {epochs} requested"]
@@ -284,7 +320,7 @@ def ensure_trained(entry: Entry, epochs: int, settings: dict, overwrite: bool, p
     resume = state == "same"
     verb = f"resuming from epoch {done + 1}" if resume and done else "training"
     latency = "offline" if not entry.causal else f"lookahead {entry.lookahead} frames"
-    print(f"{entry.name}: {verb} to {epochs} epoch(s) ({entry.architecture}, {latency})", flush=True)
+    print(f"{entry.label}: {verb} to {epochs} epoch(s) ({entry.architecture}, {latency})", flush=True)
     write_json(
         entry.marker, {"key": _digest(settings), "epochs": done if resume else 0, "settings": settings}
     )
@@ -355,10 +391,10 @@ def ensure_evaluated(entry: Entry, settings: dict, limit, workers, oracles, prog
 
     record = read_json(entry.out / "study.json")
     if record and record.get("key") == _digest(settings) and (entry.out / "summary.json").is_file():
-        print(f"{entry.name}: already evaluated (same settings): not re-evaluated", flush=True)
+        print(f"{entry.label}: already evaluated (same settings): not re-evaluated", flush=True)
         return record
     extra = f" with oracles {','.join(oracles)}" if oracles else ""
-    print(f"{entry.name}: evaluating {entry.best}{extra}", flush=True)
+    print(f"{entry.label}: evaluating {entry.best}{extra}", flush=True)
     summary = evaluate.evaluate(
         entry.cfg, entry.best, entry.out, limit, workers, oracles=oracles, progress=progress
     )
@@ -366,7 +402,7 @@ def ensure_evaluated(entry: Entry, settings: dict, limit, workers, oracles, prog
     part = part if part.get("n_files") else summary  # the files the table uses (see collect)
     res = part["results"].get("model", {})
     print(
-        f"{entry.name}: SI-SDR {_fmt(res.get('si_sdr', {}).get('mean'))} dB, PESQ "
+        f"{entry.label}: SI-SDR {_fmt(res.get('si_sdr', {}).get('mean'))} dB, PESQ "
         f"{_fmt(res.get('pesq', {}).get('mean'))} on {part['n_files']} test files"
         + (" (validation files left out)" if part is not summary else ""),
         flush=True,
@@ -374,6 +410,50 @@ def ensure_evaluated(entry: Entry, settings: dict, limit, workers, oracles, prog
     record = {"key": _digest(settings), "settings": settings, "figures": model_figures(entry.cfg)}
     write_json(entry.out / "study.json", record)
     return record
+
+
+# ----------------------------------------------------------------------------- references
+
+
+# Published algorithmic latencies of the baselines, by the definition the models' column uses (analysis
+# window + lookahead): RNNoise a 20-ms window and no lookahead (Valin, MMSP 2018); DeepFilterNet3 a 20-ms
+# window and two 10-ms frames of lookahead, the 40 ms its paper states (Schroeter et al., 2023).
+# noisereduce estimates its noise from the whole file: offline.
+BASELINE_LATENCY_MS = {"rnnoise": 20.0, "deepfilternet": 40.0, "noisereduce": None}
+
+
+def parse_baselines(text: str | None) -> list[str]:
+    import evaluate
+
+    names = list(dict.fromkeys(b.strip() for b in (text or "").split(",") if b.strip()))
+    for b in names:
+        reason = evaluate.baseline_available(b)
+        if reason:
+            raise utils.PipelineError(f"--baselines {b}: {reason}")
+    return names
+
+
+def ensure_references(cfg, folder: Path, oracles, baselines, limit, workers, progress) -> None:
+    """evaluate.py without a model (noisy input, oracle masks, baselines) into `folder`, once: reused
+    while the same systems, metrics and test files are asked for."""
+    import evaluate
+
+    settings = {
+        "oracles": list(oracles),
+        "baselines": list(baselines),
+        "metrics": _norm(cfg.get("evaluate", "metrics", fallback="")),
+        "limit": limit,
+        "test_manifest": _file_sha(STFT.manifest_path(cfg, "testing")),
+    }
+    record = read_json(folder / "study.json")
+    if record and record.get("key") == _digest(settings) and (folder / "results.csv").is_file():
+        print("references: already evaluated (same settings): not re-evaluated", flush=True)
+        return
+    print(f"references: evaluating {', '.join([*oracles, *baselines])}", flush=True)
+    (folder / "study.json").unlink(missing_ok=True)
+    evaluate.evaluate(cfg, None, folder, limit, workers, oracles=list(oracles), baselines=baselines,
+                      progress=progress)  # fmt: skip
+    write_json(folder / "study.json", {"key": _digest(settings), "settings": settings})
 
 
 # ----------------------------------------------------------------------------- results
@@ -404,17 +484,70 @@ def held_out(entries: list[Entry]) -> set[int]:
     return held
 
 
-def collect(entries: list[Entry], records: dict, study: dict) -> dict:
-    """results.json: one system per row (noisy input, models, oracles) with means on the chosen files."""
+def csv_means(path: Path, system: str, held: set[int]) -> dict:
+    """Mean and 95% CI of every table metric of `system` in a results.csv, validation files left out
+    (the same files the models' means use)."""
+    import evaluate
+
+    out = {}
+    for k, _ in COLUMNS:
+        try:
+            scores = read_scores(path, system, k)
+        except KeyError:  # metric not computed
+            continue
+        st = evaluate._stats(np.array([v for i, v in scores.items() if i not in held], float))
+        out[k] = {"mean": st["mean"], "ci95": st["ci95"], "n": st["n"]}
+    return out
+
+
+def _paired(own: dict[int, float], ref: dict[int, float], held: set[int]) -> dict:
+    both = sorted(set(own) & set(ref) - held)
+    return _stats([own[i] - ref[i] for i in both])
+
+
+def seed_summary(entries: list[Entry], held: set[int]) -> dict:
+    """For every model trained with several seeds: its paired SI-SDR difference to the bidirectional
+    model of the same seed, per seed and averaged over the seeds per file, and the seed-to-seed
+    difference of the model itself (how far one seed moves a point)."""
+    scores = {e.label: read_scores(e.out / "results.csv", "model", "si_sdr") for e in entries}
+    bidir = {e.seed: e for e in entries if not e.causal}
+    out = {}
+    for name in dict.fromkeys(e.name for e in entries):
+        runs = [e for e in entries if e.name == name]
+        if len(runs) < 2:
+            continue
+        files = set.intersection(*(set(scores[e.label]) for e in runs)) - held
+        row = {"seeds": [e.seed for e in runs]}
+        if all(e.seed in bidir for e in runs):
+            files &= set.intersection(*(set(scores[bidir[e.seed].label]) for e in runs))
+            per_seed = {e.seed: {i: scores[e.label][i] - scores[bidir[e.seed].label][i] for i in files}
+                        for e in runs}  # fmt: skip
+            row["delta_si_sdr_vs_bidirectional_per_seed"] = {
+                str(s): _stats(list(d.values())) for s, d in per_seed.items()
+            }
+            row["delta_si_sdr_vs_bidirectional_mean_over_seeds"] = _stats(
+                [np.mean([per_seed[e.seed][i] for e in runs]) for i in sorted(files)]
+            )
+        a, b = runs[0], runs[1]
+        row["seed_difference_si_sdr"] = _stats(
+            [scores[b.label][i] - scores[a.label][i] for i in sorted(files)]
+        )
+        out[name] = row
+    return out
+
+
+def collect(entries: list[Entry], records: dict, study: dict, references: Path | None = None) -> dict:
+    """results.json: one system per row (noisy input, models, baselines, oracles) with means on the
+    chosen files, and the seed summary."""
     import train
 
-    summaries = {e.name: read_json(e.out / "summary.json") for e in entries}
+    summaries = {e.label: read_json(e.out / "summary.json") for e in entries}
     excluded = all(
-        (summaries[e.name].get("excluding_validation_files") or {}).get("n_files") for e in entries
+        (summaries[e.label].get("excluding_validation_files") or {}).get("n_files") for e in entries
     )
     part = (lambda s: s["excluding_validation_files"]) if excluded else (lambda s: s)
     held = held_out(entries) if excluded else set()
-    first = part(summaries[entries[0].name])
+    first = part(summaries[entries[0].label])
 
     def means(results: dict) -> dict:
         return {
@@ -423,17 +556,20 @@ def collect(entries: list[Entry], records: dict, study: dict) -> dict:
             if k in results
         }
 
-    bidir = next((e for e in entries if not e.causal), None)
-    ref = read_scores(bidir.out / "results.csv", "model", "si_sdr") if bidir else {}
+    # each model against the bidirectional model of its own seed (else the study seed's)
+    bidirs = {e.seed: e for e in entries if not e.causal}
+    main_bidir = next((e for e in entries if not e.causal), None)
+    ref_scores = {s: read_scores(e.out / "results.csv", "model", "si_sdr") for s, e in bidirs.items()}
     systems = [{"name": "noisy", "kind": "input", "metrics": means(first["results"]["noisy"])}]
     for e in entries:
-        fig = records[e.name]["figures"]
+        fig = records[e.label]["figures"]
         hist = history(e)
         row = {
-            "name": e.name,
+            "name": e.label,
             "kind": "model",
             "architecture": e.architecture,
             "lookahead_frames": e.lookahead if e.causal else None,
+            "seed": e.seed,
             "algorithmic_latency_ms": fig["algorithmic_latency_ms"],
             "latency": "offline" if not e.causal else f"{fig['algorithmic_latency_ms']:g} ms",
             "parameters": fig["parameters"],
@@ -441,21 +577,33 @@ def collect(entries: list[Entry], records: dict, study: dict) -> dict:
             "epochs": len(hist),
             "optimizer_steps": hist[-1]["step"] if hist else None,
             # stopped by [train] patience / min_delta (train.plateaued), not by the epoch limit
-            "converged": train.plateaued(hist, study["patience"], study["min_delta"]),
+            "converged": train.plateaued(hist, study["patience"], study["min_delta"], study["min_epochs"]),
             "train_seconds": sum(h["train_seconds"] + h["validation_seconds"] for h in hist),
             "best_epoch": (read_json(e.best / "metrics.json") or {}).get("epoch"),
-            "metrics": means(part(summaries[e.name])["results"]["model"]),
+            "validation_si_sdr": [h.get("validation", {}).get("si_sdr") for h in hist],
+            "metrics": means(part(summaries[e.label])["results"]["model"]),
             "run_dir": str(e.run_dir),
             "evaluation_dir": str(e.out),
         }
-        if bidir is not None:  # paired per file: the same test files, model minus bidirectional
+        if main_bidir is not None:  # paired per file: the same test files, model minus bidirectional
+            ref = bidirs.get(e.seed, main_bidir)
+            row["delta_reference"] = ref.label
             own = read_scores(e.out / "results.csv", "model", "si_sdr")
-            both = sorted(set(own) & set(ref) - held)
-            row["delta_si_sdr_vs_bidirectional"] = _stats([own[i] - ref[i] for i in both])
+            row["delta_si_sdr_vs_bidirectional"] = _paired(own, ref_scores[ref.seed], held)
         systems.append(row)
-    for name, results in first["results"].items():
-        if name.startswith("oracle_"):
-            systems.append({"name": name, "kind": "oracle", "metrics": means(results)})
+    if references is not None:
+        csv_path = references / "results.csv"
+        names = list(dict.fromkeys(r["system"] for r in csv.DictReader(open(csv_path, newline=""))))
+        for name in (n for n in names if n in BASELINE_LATENCY_MS):
+            row = {"name": name, "kind": "baseline", "algorithmic_latency_ms": BASELINE_LATENCY_MS[name],
+                   "metrics": csv_means(csv_path, name, held)}  # fmt: skip
+            if main_bidir is not None:
+                row["delta_reference"] = main_bidir.label
+                own = read_scores(csv_path, name, "si_sdr")
+                row["delta_si_sdr_vs_bidirectional"] = _paired(own, ref_scores[main_bidir.seed], held)
+            systems.append(row)
+        for name in (n for n in names if n.startswith("oracle_")):
+            systems.append({"name": name, "kind": "oracle", "metrics": csv_means(csv_path, name, held)})
     steps = {s["optimizer_steps"] for s in systems if s["kind"] == "model"}
     return {
         **study,
@@ -467,6 +615,7 @@ def collect(entries: list[Entry], records: dict, study: dict) -> dict:
             "ci_method": "mean +- 1.96 * std(ddof=1) / sqrt(n); deltas paired per file",
         },
         "systems": systems,
+        "seeds": seed_summary(entries, held),
     }
 
 
@@ -474,20 +623,33 @@ def _fmt(x, digits: int = 2) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _pm(st: dict | None) -> str:
+    if not st or st.get("mean") is None:
+        return "-"
+    half = st.get("ci95_half_width")
+    return f"{st['mean']:+.2f}" + (f" ± {half:.2f}" if half is not None else "")
+
+
 def format_table(results: dict) -> str:
     ev = results["evaluation"]
+    clips = f"{results['training_clips']} training clips" + (
+        " per epoch, mixed on the fly" if results.get("on_the_fly") else ""
+    )
     lines = [
         "# Lookahead study: quality against algorithmic latency\n",
         (
             f"Every model: at most {results['epochs']} epoch(s), stopped once {results['patience']} "
-            f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged"); batch '
+            f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged")'
+            + (f", not before epoch {results['min_epochs']}" if results.get("min_epochs") else "")
+            + "; batch "
             if results.get("patience")
             else f"Every model: {results['epochs']} epoch(s), {results['optimizer_steps']} optimizer steps "
             "of batch "
         )
-        + f"{results['batch_size']}, seed {results['seed']}, {results['training_clips']} training clips. "
+        + f"{results['batch_size']}, seed {results['seed']}, {clips}. "
         f"Scores: mean over {ev['n_files']} test files ({ev['files']}); "
-        "ΔSI-SDR = paired per-file difference to the bidirectional model, ± 95% CI half-width.\n",
+        "ΔSI-SDR = paired per-file difference to the bidirectional model (of the same seed), ± 95% CI "
+        "half-width. Baselines at their published latency (window + lookahead).\n",
         "| system | lookahead (frames) | latency (ms) | parameters | MACs/frame | "
         + " | ".join(label for _, label in COLUMNS)
         + " | ΔSI-SDR vs bidirectional (dB) | train time (min) | steps (converged) |",
@@ -495,89 +657,148 @@ def format_table(results: dict) -> str:
     ]
     for s in results["systems"]:
         cells = [s["name"]]
+        lat = s.get("algorithmic_latency_ms")
         if s["kind"] == "model":
-            lat = s["algorithmic_latency_ms"]
             cells += [
                 "-" if s["lookahead_frames"] is None else str(s["lookahead_frames"]),
                 "offline" if lat is None or not math.isfinite(lat) else f"{lat:g}",
                 f"{s['parameters']:,}",
                 f"{s['macs_per_frame'] / 1e6:.3f} M",
             ]
+        elif s["kind"] == "baseline":
+            cells += ["-", "offline" if lat is None else f"{lat:g} (published)", "-", "-"]
         else:
             cells += ["-"] * 4
         for k, _ in COLUMNS:
             cells.append(_fmt((s["metrics"].get(k) or {}).get("mean"), 3 if k == "stoi" else 2))
-        delta = s.get("delta_si_sdr_vs_bidirectional")
-        if delta and delta["mean"] is not None:
-            half = delta["ci95_half_width"]
-            cells.append(f"{delta['mean']:+.2f}" + (f" ± {half:.2f}" if half is not None else ""))
-        else:
-            cells.append("-")
+        cells.append(_pm(s.get("delta_si_sdr_vs_bidirectional")))
         cells.append(f"{s['train_seconds'] / 60:.1f}" if s["kind"] == "model" else "-")
         if s["kind"] == "model":
             cells.append(f"{s['optimizer_steps']} ({'yes' if s.get('converged') else 'no'})")
         else:
             cells.append("-")
         lines.append("| " + " | ".join(cells) + " |")
+    seeds = results.get("seeds") or {}
+    if seeds:
+        lines += [
+            "\nSeeds: ΔSI-SDR to the bidirectional model of the same seed (dB, ± 95% CI over files), "
+            "its per-file mean over the seeds, and how far the second seed moves the model itself.\n",
+            "| model | seeds | ΔSI-SDR per seed | ΔSI-SDR, mean over seeds | second seed − first (SI-SDR) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in seeds.items():
+            per = row.get("delta_si_sdr_vs_bidirectional_per_seed") or {}
+            lines.append(
+                f"| {name} | {', '.join(map(str, row['seeds']))} | "
+                + (" / ".join(_pm(st) for st in per.values()) or "-")
+                + f" | {_pm(row.get('delta_si_sdr_vs_bidirectional_mean_over_seeds'))} | "
+                f"{_pm(row.get('seed_difference_si_sdr'))} |"
+            )
     return "\n".join(lines) + "\n"
 
 
+def _mean(s, k) -> float:
+    m = (s["metrics"].get(k) or {}).get("mean")
+    return math.nan if m is None else m
+
+
+def _budget_words(results: dict) -> str:
+    if results.get("patience"):
+        return f"to convergence, at most {results['epochs']} epochs"
+    return f"{results['epochs']} epoch(s) per model"
+
+
 def plot(results: dict, path: Path) -> None:
-    """SI-SDR and PESQ against algorithmic latency: causal models as points (labelled L), the
-    bidirectional model and the noisy input as horizontal lines."""
+    """SI-SDR and PESQ against algorithmic latency: causal models as points (labelled L; other seeds
+    hollow), baselines at their published latency, the bidirectional model and the noisy input as
+    horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     systems = results["systems"]
+    seed = results["seed"]
+    models = [s for s in systems if s["kind"] == "model"]
     causal = sorted(
-        (s for s in systems if s["kind"] == "model" and s["lookahead_frames"] is not None),
+        (s for s in models if s["lookahead_frames"] is not None and s.get("seed", seed) == seed),
         key=lambda s: s["lookahead_frames"],
     )
-    bidir = next((s for s in systems if s["kind"] == "model" and s["lookahead_frames"] is None), None)
+    others = [s for s in models if s["lookahead_frames"] is not None and s.get("seed", seed) != seed]
+    bidirs = [s for s in models if s["lookahead_frames"] is None]
+    baselines = [s for s in systems if s["kind"] == "baseline" and s["algorithmic_latency_ms"] is not None]
     noisy = next(s for s in systems if s["kind"] == "input")
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(10, 4))
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(11, 4.2))
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, wspace=0.25)
-
-    def mean(s, k) -> float:
-        m = (s["metrics"].get(k) or {}).get("mean")
-        return math.nan if m is None else m
 
     # Means only: between-file spread dwarfs the (paired) differences between models; the table
     # gives the paired SI-SDR difference with its confidence interval.
     for ax, (k, label) in zip(axes, PLOTTED):
         x = [s["algorithmic_latency_ms"] for s in causal]
-        y = [mean(s, k) for s in causal]
+        y = [_mean(s, k) for s in causal]
         if causal:
-            ax.plot(x, y, marker="o", label="causal model")
+            ax.plot(x, y, marker="o", label=f"causal model (seed {seed})")
             ax.margins(x=0.12)
             for s, xi, yi in zip(causal, x, y):
                 if math.isfinite(yi):
-                    ax.annotate(
-                        f"L={s['lookahead_frames']}",
-                        (xi, yi),
-                        textcoords="offset points",
-                        xytext=(4, 4),
-                        fontsize=8,
-                    )
-        for s, style, color, name in (
-            (bidir, "--", "C1", "bidirectional (offline)"),
-            (noisy, ":", "0.4", "noisy input"),
-        ):
-            if s is not None and math.isfinite(mean(s, k)):
-                ax.axhline(mean(s, k), linestyle=style, color=color, label=name)
-        if not any(math.isfinite(v) for v in y) and (bidir is None or not math.isfinite(mean(bidir, k))):
+                    ax.annotate(f"L={s['lookahead_frames']}", (xi, yi), textcoords="offset points",
+                                xytext=(4, 4), fontsize=8)  # fmt: skip
+        if others:
+            ax.scatter([s["algorithmic_latency_ms"] for s in others], [_mean(s, k) for s in others],
+                       facecolors="none", edgecolors="C0", label="causal model, other seed")  # fmt: skip
+        for j, s in enumerate(baselines):
+            ax.scatter([s["algorithmic_latency_ms"]], [_mean(s, k)], marker="sD^v"[j % 4], color=f"C{j + 2}",
+                       label=f"{s['name']} (published latency)")  # fmt: skip
+        for s in bidirs:
+            main = s.get("seed", seed) == seed
+            if math.isfinite(_mean(s, k)):
+                name = "bidirectional (offline)" + ("" if main else ", other seed")
+                style = "--" if main else "-."
+                ax.axhline(_mean(s, k), linestyle=style, color="C1", alpha=1 if main else 0.5, label=name)
+        if math.isfinite(_mean(noisy, k)):
+            ax.axhline(_mean(noisy, k), linestyle=":", color="0.4", label="noisy input")
+        if not any(math.isfinite(v) for v in y) and not any(math.isfinite(_mean(s, k)) for s in bidirs):
             ax.text(0.5, 0.5, f"{k} not computed", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("algorithmic latency (ms)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(
-        f"Mean quality against algorithmic latency ({results['epochs']} epoch(s) per model, "
+        f"Mean quality against algorithmic latency ({_budget_words(results)}, "
         f"{results['evaluation']['n_files']} test files)",
         fontsize=10,
     )
+    with utils.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    """Validation SI-SDR of every model per epoch (the curves the convergence rule reads), the kept
+    epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [s for s in results["systems"] if s["kind"] == "model"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig.subplots_adjust(left=0.09, right=0.72, top=0.9, bottom=0.12)
+    for j, s in enumerate(models):
+        y = [math.nan if v is None else v for v in s.get("validation_si_sdr") or []]
+        if not y:
+            continue
+        other_seed = s.get("seed", results["seed"]) != results["seed"]
+        x = list(range(1, len(y) + 1))
+        color = f"C{j % 10}"
+        ax.plot(x, y, linestyle="--" if other_seed else "-", color=color, label=s["name"])
+        if s.get("best_epoch") and s["best_epoch"] <= len(y):
+            ax.plot([s["best_epoch"]], [y[s["best_epoch"] - 1]], marker="*", color=color, markersize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation SI-SDR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"Validation SI-SDR per epoch ({_budget_words(results)}; * = kept epoch)", fontsize=10)
     with utils.atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
@@ -597,6 +818,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"{QUICK_LOOKAHEADS}); the first one calibrates --budget-minutes",
     )
     parser.add_argument("--no-bidirectional", action="store_true", help="leave out the bidirectional model")
+    parser.add_argument(
+        "--extra-seeds",
+        metavar="S[,S...]",
+        help="train the --extra-seed-lookaheads models (and the bidirectional one) again with these [train] "
+        "seeds, to show how far a seed moves each point",
+    )
+    parser.add_argument(
+        "--extra-seed-lookaheads",
+        default="0,20",
+        help="causal lookaheads retrained with --extra-seeds (default 0,20)",
+    )
+    parser.add_argument(
+        "--baselines",
+        help="also score these on the same test files and place them at their published latency "
+        "(any of noisereduce, rnnoise, deepfilternet; `make peers`)",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, help="epochs for every model (default: [train] epochs)")
     budget.add_argument(
@@ -641,7 +878,13 @@ def main(argv=None) -> int:
     started = time.time()
     log.propagate = False
     cfg = utils.load_config(args.config, [*(QUICK_SETS if args.quick else ()), *args.overrides])
-    lookaheads = parse_lookaheads(args.lookaheads or (QUICK_LOOKAHEADS if args.quick else DEFAULT_LOOKAHEADS))
+    lookaheads = parse_lookaheads(
+        args.lookaheads
+        if args.lookaheads is not None
+        else (QUICK_LOOKAHEADS if args.quick else DEFAULT_LOOKAHEADS)
+    )
+    seeds = parse_seeds(args.extra_seeds)
+    seed_lookaheads = parse_lookaheads(args.extra_seed_lookaheads)
     if not lookaheads and args.no_bidirectional:
         raise utils.PipelineError("study_lookahead.py: nothing to train (no lookaheads, --no-bidirectional)")
     bad_epochs = args.epochs is not None and args.epochs < 1
@@ -664,16 +907,23 @@ def main(argv=None) -> int:
         if args.no_oracles or args.quick
         else [o.strip() for o in cfg.get("evaluate", "oracles", fallback="").split(",") if o.strip()]
     )
+    if params.seed in seeds:
+        raise utils.PipelineError(f"--extra-seeds: {params.seed} is the study's own [train] seed")
+    baselines = parse_baselines(args.baselines)
     entries = make_entries(cfg, study, lookaheads, not args.no_bidirectional, out)
+    for seed in seeds:
+        entries += make_entries(cfg, study, seed_lookaheads, not args.no_bidirectional, out, seed)
+    if not entries:
+        raise utils.PipelineError("study_lookahead.py: nothing to train (no lookaheads, --no-bidirectional)")
     data = data_fingerprint(cfg)
-    settings = {e.name: train_settings(e.cfg, data) for e in entries}
-    print(f"Lookahead study {study}: {', '.join(e.name for e in entries)}; outputs in {out}", flush=True)
+    settings = {e.label: train_settings(e.cfg, data) for e in entries}
+    print(f"Lookahead study {study}: {', '.join(e.label for e in entries)}; outputs in {out}", flush=True)
 
     calibration = None
     if args.budget_minutes is not None:
         first = entries[0]
         calibration = calibrate(
-            first, args.budget_minutes, settings[first.name], args.overwrite, not args.no_progress
+            first, args.budget_minutes, settings[first.label], args.overwrite, not args.no_progress
         )
         epochs = calibration["epochs"]
     else:
@@ -682,39 +932,47 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     utils.save_config(cfg, out / "config.ini")
 
+    references = out / "runs" / "references" if oracles or baselines else None
+    if references is not None:
+        ensure_references(cfg, references, oracles, baselines, limit, workers, not args.no_progress)
     records = {}
     for k, e in enumerate(entries):
-        print(f"\n== [{k + 1}/{len(entries)}] {e.name}", flush=True)
-        ensure_trained(e, epochs, settings[e.name], args.overwrite, not args.no_progress)
-        eset = eval_settings(e, _digest(settings[e.name]), epochs, limit, oracles if k == 0 else [])
-        records[e.name] = ensure_evaluated(e, eset, limit, workers, eset["oracles"], not args.no_progress)
+        print(f"\n== [{k + 1}/{len(entries)}] {e.label}", flush=True)
+        ensure_trained(e, epochs, settings[e.label], args.overwrite, not args.no_progress)
+        eset = eval_settings(e, _digest(settings[e.label]), epochs, limit, [])
+        records[e.label] = ensure_evaluated(e, eset, limit, workers, [], not args.no_progress)
 
-    train_cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
+    clips = params.examples_per_epoch if params.on_the_fly and params.examples_per_epoch else None
+    clips = clips or len(STFT.load_cache(STFT.cache_dir(cfg, "training")))
     study_info = {
         "study": study,
         "epochs": epochs,
         "budget": {"mode": "budget_minutes", **calibration} if calibration else {"mode": "epochs"},
         "seed": params.seed,
+        "extra_seeds": seeds,
         "batch_size": params.batch_size,
         "crop_seconds": params.crop_seconds,
         "learning_rate": params.learning_rate,
         "patience": params.patience,
         "min_delta": params.min_delta,
-        "training_clips": len(train_cache),
-        "optimizer_steps": epochs * math.ceil(len(train_cache) / params.batch_size),
+        "min_epochs": params.min_epochs,
+        "on_the_fly": params.on_the_fly,
+        "training_clips": clips,  # per epoch
+        "optimizer_steps": epochs * math.ceil(clips / params.batch_size),  # the most any model may take
         "lookaheads": lookaheads,
         "config": str(out / "config.ini"),
     }
-    results = collect(entries, records, study_info)
+    results = collect(entries, records, study_info, references)
     write_json(out / "results.json", results)
     table = format_table(results)
     with utils.atomic_write(out / "table.md", "w") as f:
         f.write(table)
     plot(results, out / "quality_vs_latency.png")
+    plot_curves(results, out / "validation_curves.png")
     print("\n" + table)
     print(
         f"Study finished in {(time.time() - started) / 60:.1f} min: {out / 'table.md'}, "
-        f"{out / 'results.json'}, {out / 'quality_vs_latency.png'}"
+        f"{out / 'results.json'}, {out / 'quality_vs_latency.png'}, {out / 'validation_curves.png'}"
     )
     return 0
 

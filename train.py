@@ -93,7 +93,7 @@ FIXED_TRAIN_KEYS = (
 # The first five are named in --resume's refusal: the ones a user changes on purpose.
 RESUMABLE_TRAIN_KEYS = (
     "epochs", "validation_interval", "checkpoint_steps", "audio_examples", "max_nonfinite_steps",
-    "deterministic", "run_name", "data_config", "patience", "min_delta",
+    "deterministic", "run_name", "data_config", "patience", "min_delta", "min_epochs",
 )  # fmt: skip
 # A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
 # many dB in the epoch mean, so silencing files can never raise the score that picks best/.
@@ -121,6 +121,9 @@ class TrainParams:
     # by more than min_delta dB over the best before them (0 = train all epochs).
     patience: int = 0
     min_delta: float = 0.05
+    # ... but never before this epoch: the first validations are noisy and a high learning rate has
+    # not settled yet (a run must not "converge" on a lucky first epoch).
+    min_epochs: int = 0
     crop_seconds: float = 2.0
     clip_norm: float = 5.0
     validation_files: int = 32
@@ -170,7 +173,7 @@ class TrainParams:
             raise utils.PipelineError(f"{src} deterministic={p.deterministic}: expected auto, true or false")
         if p.crop_seconds <= 0 or p.learning_rate <= 0:
             raise utils.PipelineError(f"{src} crop_seconds and learning_rate must be > 0")
-        for name in ("lr_halving_steps", "warmup_steps", "cosine_steps", "patience"):
+        for name in ("lr_halving_steps", "warmup_steps", "cosine_steps", "patience", "min_epochs"):
             if getattr(p, name) < 0:
                 raise utils.PipelineError(f"{src} {name}={getattr(p, name)}: must be >= 0")
         if not (math.isfinite(p.min_delta) and p.min_delta >= 0):
@@ -690,12 +693,22 @@ def _resume_conflicts(saved, cfg) -> list[str]:
         except (TypeError, ValueError):
             return v
 
+    def get(items: dict, section: str, key: str):
+        if key in items:
+            return items[key]
+        try:  # a key newer than the saved config: the run had its default
+            return utils.config_default(section, key)
+        except KeyError:
+            return None
+
     diffs = []
     for section in MODEL_SECTIONS:
         sa = dict(saved.items(section)) if saved.has_section(section) else {}
         sb = dict(cfg.items(section)) if cfg.has_section(section) else {}
-        diffs += [f"[{section}] {k} {sa.get(k)} -> {sb.get(k)}" for k in sorted(set(sa) | set(sb))
-                  if norm(sa.get(k)) != norm(sb.get(k))]  # fmt: skip
+        for k in sorted(set(sa) | set(sb)):
+            a, b = get(sa, section, k), get(sb, section, k)
+            if norm(a) != norm(b):
+                diffs.append(f"[{section}] {k} {a} -> {b}")
     pa, pb = TrainParams.from_config(saved), TrainParams.from_config(cfg)
     diffs += [f"[train] {k} {getattr(pa, k)} -> {getattr(pb, k)}" for k in FIXED_TRAIN_KEYS
               if getattr(pa, k) != getattr(pb, k)]  # fmt: skip
@@ -763,11 +776,12 @@ def _refuse_if_locked(folder: Path) -> None:
         raise utils.PipelineError(f"train.py: run folder {folder} is being trained by process {pid}")
 
 
-def plateaued(records: list[dict], patience: int, min_delta: float) -> bool:
+def plateaued(records: list[dict], patience: int, min_delta: float, min_epochs: int = 0) -> bool:
     """True when the last `patience` validated epochs of a history raised validation SI-SDR by no more
-    than min_delta over the best validation before them (the run has converged by that rule)."""
+    than min_delta over the best validation before them (the run has converged by that rule), from
+    epoch min_epochs on."""
     scores = [r["validation"]["si_sdr"] for r in records if r.get("validation")]
-    if patience < 1 or len(scores) <= patience:
+    if patience < 1 or len(scores) <= patience or records[-1]["epoch"] < min_epochs:
         return False
     return max(scores[-patience:]) <= max(scores[:-patience]) + min_delta
 
@@ -1019,7 +1033,7 @@ class Run:
 
     def converged(self) -> bool:
         p = self.params
-        if not plateaued(self.history.records, p.patience, p.min_delta):
+        if not plateaued(self.history.records, p.patience, p.min_delta, p.min_epochs):
             return False
         log.info(f"converged: no validation SI-SDR gain above {p.min_delta:g} dB in the last {p.patience} "
                  f"validations (epoch {self.value('epoch')}); stopping")  # fmt: skip

@@ -312,8 +312,11 @@ def test_bad_inputs_reported_others_processed(tmp_path, capsys, causal_dir):
     assert produced == ["enhance_config.ini", "good.wav"]  # nothing half-written for the bad ones
 
 
-def test_non_causal_model_whole_file(tmp_path, capsys):
-    bidir = make_model(tmp_path / "bi", architecture="bidirectional")
+@pytest.mark.parametrize(
+    "model", [{"architecture": "bidirectional"}, {"lookahead_frames": 2, "lookahead_mode": "context"}]
+)
+def test_non_causal_model_whole_file(tmp_path, capsys, model):
+    bidir = make_model(tmp_path / "bi", **model)
     x = noisy(1.1037, 13)
     sf.write(tmp_path / "f.wav", x, SR, subtype="FLOAT")
     rc, out, err = run_cli(capsys, tmp_path / "f.wav", "-o", tmp_path / "out", "--model", bidir)

@@ -113,9 +113,11 @@ def test_bad_architecture_is_a_pipeline_error(tmp_path):
 # ----------------------------------------------------------------------------- causality
 
 
+@pytest.mark.parametrize("mode", ["delay", "context"])
 @pytest.mark.parametrize("lookahead,frames,k", [(0, 16, 10), (3, 16, 10), (20, 45, 30)])  # 20: the maximum
-def test_causal_model_sees_exactly_lookahead_frames(tmp_path, rng, lookahead, frames, k):
-    model = M.build_model(make_cfg(tmp_path, lookahead_frames=lookahead, lstm_layers=2))
+def test_causal_model_sees_exactly_lookahead_frames(tmp_path, rng, lookahead, frames, k, mode):
+    cfg = make_cfg(tmp_path, lookahead_frames=lookahead, lstm_layers=2, lookahead_mode=mode)
+    model = M.build_model(cfg)
     x = features(rng, 1, frames)
     # perturb input frame k only, then every frame after it (k > L, T > 2L: outputs on both sides)
     for last in (k + 1, frames):
@@ -128,6 +130,23 @@ def test_causal_model_sees_exactly_lookahead_frames(tmp_path, rng, lookahead, fr
             )
             # output k - L does see frame k: the lookahead is really L frames, not fewer
             assert np.abs(after[:, k - lookahead] - before[:, k - lookahead]).max() > 1e-4
+
+
+def test_future_context_model(tmp_path):
+    delay = M.build_model(make_cfg(tmp_path, lookahead_frames=3))
+    cfg = make_cfg(tmp_path, lookahead_frames=3, lookahead_mode="Context")
+    context = M.build_model(cfg)
+    # a 4-tap depthwise filter (+ bias) per projection channel, no output delay
+    assert context.count_params() == delay.count_params() + 4 * 32 + 32
+    assert M.count_macs_per_frame(context) == M.count_macs_per_frame(delay) + 4 * 32
+    assert "lookahead_drop" not in [layer.name for layer in context.layers]
+    assert M.algorithmic_latency_ms(cfg) == pytest.approx(55.0)
+    with pytest.raises(utils.PipelineError, match="lookahead_mode=delay"):
+        M.StreamingMask(context, cfg)
+    # L = 0: the same model either way
+    assert M.ModelParams.from_config(make_cfg(tmp_path, lookahead_mode="context")).streamable
+    with pytest.raises(utils.PipelineError, match="lookahead_mode"):
+        M.build_model(make_cfg(tmp_path, lookahead_mode="future"))
 
 
 def test_bidirectional_model_is_not_causal(tmp_path, rng):

@@ -149,6 +149,27 @@ def test_quick_study_end_to_end_then_noop(tiny_data, tmp_path):
     b2 = json.loads((tmp_path / "b" / "results.json").read_text())
     assert b2["systems"][1]["epochs"] == 2 and b2["systems"][1]["optimizer_steps"] == 2 * steps
 
+    # --extra-seeds: the first study's runs are reused; L=0 and the bidirectional model train again
+    # with seed 7 in their own folder, each is compared with the bidirectional model of its seed.
+    own_seed = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--extra-seeds", "1234")
+    assert own_seed.returncode == 2 and "own [train] seed" in own_seed.stderr
+    seeded = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--no-progress",
+                       "--extra-seeds", "7", "--extra-seed-lookaheads", "0")  # fmt: skip
+    assert seeded.returncode == 0, seeded.stdout[-3000:] + seeded.stderr[-3000:]
+    assert seeded.stdout.count("not retrained") == 3
+    r = json.loads((out_dir / "results.json").read_text())
+    models = {s["name"]: s for s in r["systems"] if s["kind"] == "model"}
+    assert {"lookahead_00_seed7", "bidirectional_seed7"} < set(models) and r["extra_seeds"] == [7]
+    assert models["lookahead_00_seed7"]["seed"] == 7 and models["lookahead_00"]["seed"] == 1234
+    assert models["lookahead_00_seed7"]["delta_reference"] == "bidirectional_seed7"
+    assert (utils.get_path(cfg, "checkpoint_dir") / "study_lookahead_quick_seed7/lookahead_00/best").is_dir()
+    assert set(r["seeds"]) == {"lookahead_00", "bidirectional"}
+    assert r["seeds"]["lookahead_00"]["seed_difference_si_sdr"]["n"] == 2
+    assert r["seeds"]["lookahead_00"]["delta_si_sdr_vs_bidirectional_mean_over_seeds"]["n"] == 2
+    assert len(models["lookahead_00"]["validation_si_sdr"]) == 1
+    assert "| lookahead_00 | 1234, 7 |" in (out_dir / "table.md").read_text()
+    assert (out_dir / "validation_curves.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_table_says_which_models_converged():
     model = {"name": "lookahead_00", "kind": "model", "lookahead_frames": 0, "algorithmic_latency_ms": 25.0,
@@ -161,3 +182,26 @@ def test_table_says_which_models_converged():
     table = study_lookahead.format_table(results)
     assert "at most 40 epoch(s), stopped once 3 validations gained <= 0.05 dB" in table
     assert "| 1500 (yes) |" in table and table.count("(no)") == 1
+
+
+def test_table_places_baselines_and_seeds():
+    model = {"name": "lookahead_00", "kind": "model", "lookahead_frames": 0, "algorithmic_latency_ms": 25.0,
+             "parameters": 10, "macs_per_frame": 1e6, "metrics": {"si_sdr": {"mean": 7.0}},
+             "train_seconds": 60.0, "optimizer_steps": 1500, "converged": True, "seed": 1,
+             "delta_si_sdr_vs_bidirectional": {"mean": -0.4, "ci95_half_width": 0.1, "n": 9}}  # fmt: skip
+    rnnoise = {"name": "rnnoise", "kind": "baseline", "algorithmic_latency_ms": 20.0,
+               "metrics": {"si_sdr": {"mean": 6.5}},
+               "delta_si_sdr_vs_bidirectional": {"mean": -0.9, "ci95_half_width": 0.2, "n": 9}}  # fmt: skip
+    seeds = {"lookahead_00": {"seeds": [1, 2],
+             "delta_si_sdr_vs_bidirectional_per_seed": {"1": {"mean": -0.4, "ci95_half_width": 0.1},
+                                                        "2": {"mean": -0.5, "ci95_half_width": 0.1}},
+             "delta_si_sdr_vs_bidirectional_mean_over_seeds": {"mean": -0.45, "ci95_half_width": 0.08},
+             "seed_difference_si_sdr": {"mean": 0.05, "ci95_half_width": 0.07}}}  # fmt: skip
+    results = {"epochs": 10, "patience": 3, "min_delta": 0.05, "batch_size": 8, "seed": 1,
+               "training_clips": 4000, "on_the_fly": True, "optimizer_steps": 5000,
+               "evaluation": {"n_files": 9, "files": "all"},
+               "systems": [model, rnnoise], "seeds": seeds}  # fmt: skip
+    table = study_lookahead.format_table(results)
+    assert "4000 training clips per epoch, mixed on the fly" in table
+    assert "| rnnoise | - | 20 (published) | - | - |" in table and "| -0.90 ± 0.20 |" in table
+    assert "| lookahead_00 | 1, 2 | -0.40 ± 0.10 / -0.50 ± 0.10 | -0.45 ± 0.08 | +0.05 ± 0.07 |" in table

@@ -944,6 +944,8 @@ def test_plateau_rule():
     assert not train.plateaued(rows(1.0, 2.0, 2.04, 2.06), 2, 0.05)
     assert not train.plateaued(rows(3.0, 2.0), 2, 0.05)  # too few validations to judge
     assert not train.plateaued(rows(3.0, 2.0, 1.0), 0, 0.05)  # patience 0: never
+    assert train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=3)
+    assert not train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=4)  # a lucky first epoch
     unvalidated = [{"epoch": 9, "validation": None}]
     assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
 
@@ -958,3 +960,12 @@ def test_early_stopping_ends_the_run_and_a_resume_does_not_restart_it(data_root,
     assert len((folder / "history.jsonl").read_text().splitlines()) == 2
     with pytest.raises(utils.PipelineError, match="min_delta"):
         train.TrainParams.from_config(utils.load_config(train.utils.DEFAULT_CONFIG, ["train.min_delta=-1"]))
+
+
+def test_resume_treats_a_newer_key_as_its_default(tmp_config):
+    # a run saved before [model] lookahead_mode existed had the delayed output: it resumes unchanged
+    saved = utils.load_config(tmp_config)
+    saved.remove_option("model", "lookahead_mode")
+    assert train._resume_conflicts(saved, utils.load_config(tmp_config)) == []
+    other = utils.load_config(tmp_config, ["model.lookahead_mode=context"])
+    assert train._resume_conflicts(saved, other) == ["[model] lookahead_mode delay -> context"]
