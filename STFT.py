@@ -660,6 +660,7 @@ def build_cache(cfg, split: str, workers: int = 1, force: bool = False) -> Path:
     """
     target = cache_dir(cfg, split)
     p = StftParams.from_config(cfg)
+    _check_data_rate(cfg, p)
     if target.parent.is_dir():
         _remove_stale_temps(target)
     expected = _expected_meta(cfg, split)
@@ -680,6 +681,17 @@ def build_cache(cfg, split: str, workers: int = 1, force: bool = False) -> Path:
     mb = meta["bytes_per_example"] / 1e6
     print(f"{target}: {len(rows)} examples, {offset} frames, {mb:.2f} MB per example ({', '.join(names)})")
     return target
+
+
+def _check_data_rate(cfg, p: StftParams) -> None:
+    """Mixtures data_prep made (its data_prep_config.ini beside the manifests) must be at [STFT]
+    sample_rate. Audio from elsewhere, without that file, is resampled as any input is."""
+    made_by = utils.get_path(cfg, "data_dir") / "data_prep_config.ini"
+    if made_by.is_file():
+        data = utils.load_config(made_by)
+        rate = data.get("data", "sample_rate", fallback=None)
+        if rate is not None:
+            utils.check_sample_rates(rate, made_by, p.sample_rate, getattr(cfg, "source", "config.ini"))
 
 
 def _plan_examples(cfg, expected: dict) -> tuple[list, list, int]:

@@ -12,17 +12,17 @@ out), is written to a temp file and renamed (mode 0666 & ~umask), and never repl
 How a file is processed
     causal model, offline (default): the file is read, resampled, enhanced and written in blocks of
         [enhance] chunk_seconds. The STFT framing is causal (frame t covers samples
-        [t*hop - 240, t*hop + 160)), so a `FrameStream` keeps the last 240 input samples, the previous
-        STFT frame (delta phase), the LSTM states (a stateful whole-chunk call) and the overlap-add
-        tail across blocks: the output equals whole-file processing (to float rounding) and memory
-        does not grow with the file length.
+        [t*hop - 240, t*hop + 160)), so a `streaming.FrameStream` keeps the last 240 input samples,
+        the previous STFT frame (delta phase), the LSTM states (a stateful whole-chunk call) and the
+        overlap-add tail across blocks: the output equals whole-file processing (to float rounding)
+        and memory does not grow with the file length.
     causal model, --streaming: the same chain fed 10-ms blocks, the model run frame by frame with its
-        state (`HopStream`), exactly as a real-time system would; it equals the offline output. The
-        network step is, by default, a TFLite model converted from the weights on first use and cached
-        beside them (tflite_step.cached_step: keyed by a hash of weights + config, rebuilt when stale; a
-        read-only model folder falls back to ~/.cache/.../tflite), run by LiteRT; --engine keras runs
-        the Keras step instead (model.StreamingMask; same output to float rounding, ~5x slower), and
-        --tflite DIR an export.py folder.
+        state (`streaming.HopStream`), exactly as a real-time system would; it equals the offline
+        output. The network step is, by default, a TFLite model converted from the weights on first
+        use and cached beside them (tflite_step.cached_step: keyed by a hash of weights + config,
+        rebuilt when stale; a read-only model folder falls back to ~/.cache/.../tflite), run by
+        LiteRT; --engine keras runs the Keras step instead (model.StreamingMask; same output to float
+        rounding, ~5x slower), and --tflite DIR an export.py folder.
     bidirectional / seed models: they need the whole file at once; it is read into memory (no chunking
         is possible because the network looks at the future of every frame).
 
@@ -46,7 +46,6 @@ Python API
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import errno
 import math
@@ -61,443 +60,7 @@ import soundfile as sf
 import STFT
 import tflite_step
 import utils
-
-# ----------------------------------------------------------------------------- mask runners
-# Two kinds of runner turn feature frames into mask frames, oldest first. With lookahead L the network's
-# output n is the mask of frame n - L: the first L outputs are dropped and L zero frames are fed at the
-# end, exactly as model.build_model pads and crops a whole clip.
-#   frame runners (HopStream; model.StreamingMask, tflite_step.TFLiteRunner): one frame per call (real time)
-#     step(features (F, C)) -> mask (F, 2) float32 of frame n - L, or None while the lookahead fills
-#     flush() -> the remaining masks, a list or (m, F, 2) array (feeds the L zero frames), then resets;
-#     reset()
-#   block runners (FrameStream; KerasChunkRunner, tflite_step.TFLiteRunner): many frames per call, offline
-#     push(features (k, F, C)) -> masks (m, F, 2) for the oldest frames whose mask is now known
-#     flush() -> masks (m, F, 2) of every remaining frame, then resets; reset()
-
-
-def chunk_model(model, cfg):
-    """The causal network on a block of frames with its LSTM states in and out (shared weights).
-
-    Inputs [features (1, T, F, C), h_0, c_0, ...] -> outputs [mask (1, T, F, 2), h_0', c_0', ...], without
-    the lookahead pad/crop (the runner does it). Network frame n of consecutive blocks equals network
-    frame n of the whole clip, because the state is all an LSTM carries from one frame to the next.
-    """
-    import keras
-
-    import model as M
-
-    p = M.ModelParams.from_config(cfg)
-    n_bins, channels = M.feature_shape(cfg)
-    feats = keras.Input(batch_shape=(1, None, n_bins, channels), name="chunk")
-    states = [
-        keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}")
-        for i in range(p.lstm_layers)
-        for s in "hc"
-    ]
-    x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(feats)
-    x = model.get_layer("projection")(x)
-    new_states = []
-    for i in range(p.lstm_layers):
-        orig = model.get_layer(f"lstm_{i}")
-        # Same layer class and weights, but returning its final state (Keras layers cannot change that).
-        lstm = orig.__class__.from_config(
-            {**orig.get_config(), "return_state": True, "name": f"chunk_lstm_{i}"}
-        )
-        x, h, c = lstm(x, initial_state=states[2 * i : 2 * i + 2])
-        lstm.set_weights(orig.get_weights())
-        new_states += [h, c]
-    for i in range(p.dense_layers):
-        x = model.get_layer(f"dense_{i}")(x)
-    mask = model.get_layer("mask")(model.get_layer("to_bins")(model.get_layer("mask_logits")(x)))
-    return keras.Model([feats, *states], [mask, *new_states], name="chunk_step")
-
-
-def chunk_function(model, cfg):
-    """tf.function(features (1, T, F, C), states) -> (masks (T, F, 2), states), traced once for any T."""
-    import model as M
-
-    tf = M.tf
-    p = M.ModelParams.from_config(cfg)
-    n_bins, channels = M.feature_shape(cfg)
-    net = chunk_model(model, cfg)
-    spec = tf.TensorSpec((1, None, n_bins, channels), tf.float32)
-    state_spec = tuple(tf.TensorSpec((1, p.lstm_units), tf.float32) for _ in range(2 * p.lstm_layers))
-
-    def run(feats, states):
-        out = net([feats, *states], training=False)
-        return out[0][0], tuple(out[1:])
-
-    return tf.function(run, input_signature=[spec, state_spec])
-
-
-class KerasChunkRunner:
-    """Whole blocks of frames per call with the LSTM states carried: fast offline processing of long files.
-
-    `fn` (chunk_function) can be shared by several runners (channels, files): each keeps its own state.
-    """
-
-    def __init__(self, model, cfg, fn=None):
-        import model as M
-
-        p = M.ModelParams.from_config(cfg)
-        self.lookahead = p.lookahead_frames
-        self.n_bins, self.channels = M.feature_shape(cfg)
-        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
-        self._tf = M.tf
-        self._fn = fn or chunk_function(model, cfg)
-        self.reset()
-
-    def reset(self) -> None:
-        self.states = tuple(self._tf.zeros(s, self._tf.float32) for s in self._state_shapes)
-        self.frames_in = 0
-
-    def push(self, feats: np.ndarray) -> np.ndarray:
-        if len(feats) == 0:
-            return np.zeros((0, self.n_bins, 2), np.float32)
-        masks, self.states = self._fn(self._tf.constant(feats[None], self._tf.float32), self.states)
-        drop = max(0, self.lookahead - self.frames_in)
-        self.frames_in += len(feats)
-        return masks.numpy()[drop:]
-
-    def flush(self) -> np.ndarray:
-        masks = self.push(np.zeros((self.lookahead, self.n_bins, self.channels), np.float32))
-        self.reset()
-        return masks
-
-
-# ----------------------------------------------------------------------------- streaming transform
-
-
-class FrameStream:
-    """Exact streaming STFT -> features -> mask -> complex product -> iSTFT at the model rate, in blocks.
-
-    The block-runner twin of HopStream (same interface and output): every process() call analyses all
-    the frames its samples complete at once and hands them to the runner in one push (offline chunks).
-    process(x) accepts any number of samples and returns the enhanced samples that no later input can
-    change, aligned with the input (the k-th sample returned overall is enhanced input sample k);
-    flush() returns the rest, so that the outputs add up to exactly as many samples as went in and
-    equal STFT.istft(S_hat, length=N) of the whole signal. State carried between calls: the last
-    win - hop input samples (frame history), the previous STFT frame (delta phase), the frames waiting
-    for their mask (lookahead), the runner's recurrent state and the overlap-add accumulators.
-    """
-
-    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
-        self.runner, self.sp, self.fp = runner, sp, fp
-        self.window = STFT.window(sp)
-        self.reset()
-
-    def reset(self) -> None:
-        sp = self.sp
-        self.runner.reset()
-        self.buf = np.zeros(sp.pad_front, np.float32)  # history + samples not yet framed
-        self.prev = None  # X[t - 1] for the delta phase of the next frame
-        self.pending = np.zeros((0, sp.n_bins), np.complex64)  # frames waiting for their mask
-        self.n_in = self.n_out = 0
-        self.frames_in = 0  # frames analysed
-        self.frames_out = 0  # frames synthesised
-        # Overlap-add accumulators over padded sample positions [ola_start, ola_start + len).
-        self.acc = np.zeros(0, np.float64)
-        self.norm = np.zeros(0, np.float64)
-        self.ola_start = 0
-
-    @property
-    def pending_samples(self) -> int:
-        return self.n_in - self.n_out
-
-    def process(self, x) -> np.ndarray:
-        x = np.asarray(x, np.float32).reshape(-1)
-        self.n_in += len(x)
-        self.buf = np.concatenate([self.buf, x])
-        k = (len(self.buf) - self.sp.pad_front) // self.sp.hop
-        if k <= 0:
-            return np.zeros(0, np.float32)
-        X = self._analyse(k)
-        masks = self.runner.push(self._features(X))
-        return self._synthesise(X, masks, final=False)
-
-    def flush(self) -> np.ndarray:
-        """Zero-pads the last frame as STFT.stft does, drains the lookahead and returns the tail."""
-        sp = self.sp
-        missing = sp.n_frames(self.n_in) - self.frames_in
-        X = np.zeros((0, sp.n_bins), np.complex64)
-        masks = np.zeros((0, sp.n_bins, 2), np.float32)
-        if missing > 0:
-            need = sp.pad_front + missing * sp.hop - len(self.buf)
-            self.buf = np.concatenate([self.buf, np.zeros(need, np.float32)])
-            X = self._analyse(missing)
-            masks = self.runner.push(self._features(X))
-        masks = np.concatenate([masks, self.runner.flush()])
-        out = self._synthesise(X, masks, final=True)
-        self.reset()
-        return out
-
-    def _analyse(self, k: int) -> np.ndarray:
-        sp = self.sp
-        span = self.buf[: (k - 1) * sp.hop + sp.win_length]
-        frames = np.lib.stride_tricks.sliding_window_view(span, sp.win_length)[:: sp.hop]
-        self.buf = self.buf[k * sp.hop :]
-        self.frames_in += k
-        return np.fft.rfft(frames * self.window, n=sp.n_fft, axis=-1).astype(np.complex64)
-
-    def _features(self, X: np.ndarray) -> np.ndarray:
-        # The previous frame goes first so the delta phase of X[0] is the whole-signal one. The first frame
-        # of a stream has none (its delta phase is 0 by definition: angle(X * conj(0)) could be pi).
-        if self.prev is None:
-            feats = STFT.features(X, self.fp, self.sp)
-        else:
-            feats = STFT.features(np.concatenate([self.prev[None], X]), self.fp, self.sp)[1:]
-        self.prev = X[-1]
-        return feats
-
-    def _synthesise(self, X: np.ndarray, masks: np.ndarray, final: bool) -> np.ndarray:
-        sp = self.sp
-        self.pending = np.concatenate([self.pending, X]) if len(X) else self.pending
-        m = len(masks)
-        if m:
-            S = (masks[..., 0] + 1j * masks[..., 1]).astype(np.complex64) * self.pending[:m]
-            self.pending = self.pending[m:]
-            frames = np.fft.irfft(S, n=sp.n_fft, axis=-1)[:, : sp.win_length].astype(np.float32) * self.window
-            self._overlap_add(frames)
-        # Padded positions before the next frame's start are final; at the end all of them are.
-        done = len(self.acc) if final else self.frames_out * sp.hop - self.ola_start
-        return self._emit(max(done, 0))
-
-    def _overlap_add(self, frames: np.ndarray) -> None:
-        sp = self.sp
-        m = len(frames)
-        start = self.frames_out * sp.hop - self.ola_start
-        blocks = -(-sp.win_length // sp.hop)
-        end = start + (m - 1 + blocks) * sp.hop
-        if end > len(self.acc):
-            self.acc = np.concatenate([self.acc, np.zeros(end - len(self.acc))])
-            self.norm = np.concatenate([self.norm, np.zeros(end - len(self.norm))])
-        w2 = self.window.astype(np.float64) ** 2
-        for i in range(blocks):  # block i of every frame in one slice-add (blocks of one i never overlap)
-            seg = frames[:, i * sp.hop : (i + 1) * sp.hop]
-            width = seg.shape[1]
-            lo = start + i * sp.hop
-            self.acc[lo : lo + m * sp.hop].reshape(m, sp.hop)[:, :width] += seg
-            self.norm[lo : lo + m * sp.hop].reshape(m, sp.hop)[:, :width] += w2[
-                i * sp.hop : i * sp.hop + width
-            ]
-        self.frames_out += m
-
-    def _emit(self, n: int) -> np.ndarray:
-        y = self.acc[:n] / np.maximum(self.norm[:n], np.finfo(np.float32).tiny)
-        first = self.ola_start  # padded position of y[0]; positions < pad_front precede the signal
-        self.acc, self.norm, self.ola_start = self.acc[n:], self.norm[n:], self.ola_start + n
-        y = y[max(0, self.sp.pad_front - first) :]
-        y = y[: self.n_in - self.n_out]  # the zero padding after the last input sample is not output
-        self.n_out += len(y)
-        return y.astype(np.float32)
-
-
-class HopStream:
-    """FrameStream for a frame runner: one hop of input -> one frame through the network -> one hop out.
-
-    Same interface and output as FrameStream (exactly as many samples out as in over process() calls
-    plus flush(), equal to STFT.istft of the whole signal), but each 10-ms frame takes the short path a
-    real-time system runs: window and rfft of the last win_length samples, the features of that one
-    frame, runner.step, complex product, irfft and overlap-add into a win - hop tail, in fixed buffers.
-    Every output sample lies at a padded position >= win - hop, where all the frames that cover it
-    exist, so the overlap-add normalisation is one precomputed hop-periodic window sum.
-    """
-
-    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
-        self.runner, self.sp, self.fp = runner, sp, fp
-        self.window = STFT.window(sp)
-        w2 = self.window.astype(np.float64) ** 2
-        norm = np.zeros(sp.hop)
-        for i in range(0, sp.win_length, sp.hop):
-            block = w2[i : i + sp.hop]
-            norm[: len(block)] += block
-        self.norm = np.maximum(norm, np.finfo(np.float32).tiny).astype(np.float32)
-        f = np.arange(sp.n_bins)
-        self.advance = 2 * np.pi * f * sp.hop / sp.n_fft  # expected phase advance (deviation features)
-        self.frame = np.zeros(sp.win_length, np.float32)  # the samples of the frame being filled
-        self.padded = np.zeros(sp.n_fft, np.float32)  # windowed frame, zero-padded to n_fft
-        self.feats = np.zeros((sp.n_bins, fp.channels), np.float32)
-        self._eps2 = np.float32(1e-24)  # STFT.compress eps (1e-12), squared: still a normal float32
-        self._half_p1 = np.float32((fp.compression - 1.0) / 2.0)
-        self.reset()
-
-    def reset(self) -> None:
-        sp = self.sp
-        self.runner.reset()
-        self.frame[:] = 0  # history before the signal: the STFT's front padding
-        self.fill = 0  # new samples in the current hop
-        self.prev = None  # X[t - 1] for the delta phase (none before the first frame)
-        self.waiting = collections.deque()  # STFT frames waiting for their mask (lookahead)
-        self.tail = np.zeros(sp.pad_front, np.float32)  # overlap-add sums of the next win - hop positions
-        self.skip = sp.pad_front  # output positions before the signal's first sample
-        self.n_in = self.n_out = self.frames_in = 0
-
-    @property
-    def pending_samples(self) -> int:
-        return self.n_in - self.n_out
-
-    def process(self, x) -> np.ndarray:
-        x = np.asarray(x, np.float32).reshape(-1)
-        self.n_in += len(x)
-        out = []
-        while len(x):
-            start = self.sp.pad_front + self.fill
-            take = min(self.sp.hop - self.fill, len(x))
-            self.frame[start : start + take] = x[:take]
-            self.fill += take
-            x = x[take:]
-            if self.fill == self.sp.hop:
-                out.append(self._hop())
-        return self._collect(out)
-
-    def flush(self) -> np.ndarray:
-        """Zero-pads the last frames as STFT.stft does, drains the lookahead and returns the tail."""
-        out = []
-        for _ in range(self.sp.n_frames(self.n_in) - self.frames_in):
-            self.frame[self.sp.pad_front + self.fill :] = 0
-            out.append(self._hop())
-        out += [self._synthesise(mask) for mask in self.runner.flush()]
-        y = self._collect(out)
-        self.reset()
-        return y
-
-    def _hop(self) -> np.ndarray:
-        """Analyses the full frame, runs the network and returns the output samples now final."""
-        sp = self.sp
-        np.multiply(self.frame, self.window, out=self.padded[: sp.win_length])
-        X = np.fft.rfft(self.padded)  # complex64 (numpy >= 2 keeps float32 precision)
-        self.frame[: sp.pad_front] = self.frame[sp.hop :]  # history for the next frame
-        self.fill = 0
-        self.frames_in += 1
-        self._features(X)
-        self.waiting.append(X)
-        mask = self.runner.step(self.feats)
-        return _EMPTY if mask is None else self._synthesise(mask)
-
-    def _features(self, X: np.ndarray) -> None:
-        """STFT.features of frame X (previous frame self.prev) into self.feats, in a few vector ops.
-
-        The per-frame path avoids transcendental passes where it can (profiled: they were a third of
-        the numpy time per hop): |X|^p / max(|X|, eps) as one power of |X|^2, and cos/sin of the delta
-        phase as Re/Im of X conj(X[t-1]) over its modulus instead of angle() then cos() and sin(). Equal
-        to STFT.features to float32 rounding (tests/test_enhance.py::test_hop_stream_*).
-        """
-        fp = self.fp
-        re, im = X.real, X.imag
-        m2 = re * re + im * im
-        # |X|^p / max(|X|, eps) == max(|X|^2, eps^2)^((p-1)/2) for |X| >= eps (below: |Xc| < eps^p anyway)
-        scale = np.power(np.maximum(m2, self._eps2), self._half_p1, dtype=np.float32)
-        np.multiply(re, scale, out=self.feats[:, 0])
-        np.multiply(im, scale, out=self.feats[:, 1])
-        if fp.delta_phase:
-            if self.prev is None:  # dphi[0] = 0 by definition (angle(X * conj(0)) could be pi)
-                self.feats[:, 2:] = (1.0, 0.0)
-            elif fp.deviation:
-                d = STFT.wrap(np.angle(X * self.prev.conj()) - self.advance).astype(np.float32)
-                np.cos(d, out=self.feats[:, 2])
-                np.sin(d, out=self.feats[:, 3])
-            else:
-                z = X * self.prev.conj()
-                r = np.hypot(z.real, z.imag)
-                zero = r == 0  # angle(0) = 0: cos 1, sin 0
-                r[zero] = 1.0
-                np.divide(z.real, r, out=self.feats[:, 2])
-                np.divide(z.imag, r, out=self.feats[:, 3])
-                self.feats[zero, 2] = 1.0
-        self.prev = X
-
-    def _synthesise(self, mask: np.ndarray) -> np.ndarray:
-        """Masks the oldest waiting frame, overlap-adds it and returns its first hop (now complete)."""
-        sp = self.sp
-        S = mask.view(np.complex64)[:, 0] * self.waiting.popleft()  # mask (F, 2) = (Re, Im) pairs
-        y = np.fft.irfft(S, n=sp.n_fft)[: sp.win_length]
-        y *= self.window
-        y[: sp.pad_front] += self.tail
-        self.tail = y[sp.hop :]
-        out = y[: sp.hop] / self.norm
-        if self.skip:  # the first frames start before the signal
-            out, self.skip = out[self.skip :], max(self.skip - sp.hop, 0)
-        return out
-
-    def _collect(self, out: list) -> np.ndarray:
-        y = out[0] if len(out) == 1 else np.concatenate(out) if out else _EMPTY
-        y = y[: self.n_in - self.n_out]  # the zero padding after the last input sample is not output
-        self.n_out += len(y)
-        return y
-
-
-_EMPTY = np.zeros(0, np.float32)
-
-
-class RealtimeStream:
-    """Real-time interface at the model rate: every call returns exactly len(chunk) samples.
-
-    The output is the enhanced signal delayed by `delay` = win_length + lookahead * hop samples (the
-    algorithmic latency; the first `delay` samples are zeros). flush() returns the remaining `delay`
-    samples plus any not yet returned, so concat(outputs)[delay:] equals the offline output.
-    """
-
-    def __init__(self, frame_stream: HopStream | FrameStream, delay: int):
-        self.frames, self.delay = frame_stream, int(delay)
-        self.reset()
-
-    def reset(self) -> None:
-        self.frames.reset()
-        self.queue = np.zeros(self.delay, np.float32)
-
-    def process(self, chunk) -> np.ndarray:
-        chunk = np.asarray(chunk, np.float32).reshape(-1)
-        self.queue = np.concatenate([self.queue, self.frames.process(chunk)])
-        out, self.queue = self.queue[: len(chunk)], self.queue[len(chunk) :]
-        assert len(out) == len(chunk), "delay shorter than the latency"  # guaranteed by the framing
-        return out
-
-    def flush(self) -> np.ndarray:
-        out = np.concatenate([self.queue, self.frames.flush()])
-        self.queue = np.zeros(self.delay, np.float32)
-        return out
-
-
-class AlignedStream:
-    """Any rate and channel count: resample (soxr stream) -> FrameStream per channel -> resample back.
-
-    Outputs are aligned with the input (no delay; each call returns what is final). `hop_blocks`
-    feeds the model 10-ms blocks, i.e. frame by frame as in real time, whatever the caller's block size.
-    """
-
-    def __init__(
-        self, make_frames, sample_rate: int, model_rate: int, channels: int = 1, hop_blocks: int = 0
-    ):
-        import soxr
-
-        self.streams = [make_frames() for _ in range(channels)]
-        self.hop_blocks = hop_blocks
-        same = sample_rate == model_rate
-        self.rs_in = None if same else soxr.ResampleStream(sample_rate, model_rate, channels, quality="HQ")
-        self.rs_out = None if same else soxr.ResampleStream(model_rate, sample_rate, channels, quality="HQ")
-        self.channels = channels
-
-    def process(self, x, last: bool = False) -> np.ndarray:
-        x = np.asarray(x, np.float32).reshape(len(x), self.channels)
-        if self.rs_in is not None:
-            x = self.rs_in.resample_chunk(x, last=last)
-        ys = [self._run(s, x[:, c]) for c, s in enumerate(self.streams)]
-        if last:
-            ys = [np.concatenate([y, s.flush()]) for y, s in zip(ys, self.streams)]
-        y = np.stack(ys, axis=1)
-        if self.rs_out is not None:
-            y = self.rs_out.resample_chunk(y, last=last)
-        return y.astype(np.float32, copy=False)
-
-    def flush(self) -> np.ndarray:
-        return self.process(np.zeros((0, self.channels), np.float32), last=True)
-
-    def _run(self, stream: HopStream | FrameStream, x: np.ndarray) -> np.ndarray:
-        if not self.hop_blocks or len(x) <= self.hop_blocks:
-            return stream.process(x)
-        parts = [stream.process(x[i : i + self.hop_blocks]) for i in range(0, len(x), self.hop_blocks)]
-        return np.concatenate(parts)
-
+from streaming import AlignedStream, FrameStream, HopStream, RealtimeStream  # (`streaming` is a flag here)
 
 # ----------------------------------------------------------------------------- the enhancer
 
@@ -725,9 +288,11 @@ class Enhancer(BaseEnhancer):
             import model as M
 
             return M.StreamingMask(self.model, self.cfg)
+        import model as M
+
         if self._chunk_fn is None:  # traced once per enhancer, shared by every file and channel
-            self._chunk_fn = chunk_function(self.model, self.cfg)
-        return KerasChunkRunner(self.model, self.cfg, self._chunk_fn)
+            self._chunk_fn = M.chunk_function(self.model, self.cfg)
+        return M.KerasChunkRunner(self.model, self.cfg, self._chunk_fn)
 
     def _enhance_model_rate(self, x: np.ndarray) -> np.ndarray:
         """(C, N) at the model rate -> (C, N): the whole-clip reference (STFT, model, iSTFT)."""
@@ -735,9 +300,6 @@ class Enhancer(BaseEnhancer):
 
         S_hat = M.enhance_spectrogram(self.model, STFT.stft(x, self.sp), self.cfg)
         return STFT.istft(S_hat, self.sp, length=x.shape[-1])
-
-
-EXPORT_METADATA = "metadata.json"
 
 
 class TFLiteEnhancer(BaseEnhancer):
@@ -753,7 +315,7 @@ class TFLiteEnhancer(BaseEnhancer):
 
         path = Path(path)
         folder = path if path.is_dir() else path.parent
-        meta_file = folder / EXPORT_METADATA
+        meta_file = folder / tflite_step.EXPORT_METADATA
         if not meta_file.is_file():
             raise utils.PipelineError(f"{meta_file}: not found (expected a folder written by export.py)")
         self.meta = json.loads(meta_file.read_text())

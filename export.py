@@ -18,7 +18,7 @@ Writes into --out:
 
 Lookahead L > 0 is not in the TFLite graph: the step's n-th output is the mask of frame n - L, so a
 runner keeps the last L STFT frames in a delay buffer, drops the first L outputs and feeds L zero frames
-at the end of a stream (what model.StreamingMask and enhance.FrameStream do). States start at zero.
+at the end of a stream (streaming.MaskRunner does it for every runner). States start at zero.
 
 TFLite inference uses the LiteRT interpreter (`ai-edge-litert`; tf.lite.Interpreter is gone from
 TensorFlow 2.21). The variables are frozen into constants before conversion: a converted graph that
@@ -34,22 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-import enhance
 import STFT
 import tflite_step
 import utils
 
 FLOAT_FILE = "model_float32.tflite"
 QUANT_FILE = "model_dynamic_int8.tflite"
-METADATA = enhance.EXPORT_METADATA
+METADATA = tflite_step.EXPORT_METADATA
 
 
 # ----------------------------------------------------------------------------- export (needs TensorFlow)
 
 _state_names = tflite_step.state_names
 _step_function = tflite_step.step_function
-TFLiteRunner = tflite_step.TFLiteRunner  # (kept importable from here)
-TFLiteEnhancer = enhance.TFLiteEnhancer
 
 
 def _clip_function(model, cfg):
@@ -230,7 +227,7 @@ def _self_check(out: Path, model_dir, meta: dict) -> str:
     want = np.stack(want)
     parts = []
     for kind, name in meta["tflite"]["files"].items():
-        r = TFLiteRunner(out / name, {**meta, "lookahead_frames": 0})
+        r = tflite_step.TFLiteRunner(out / name, {**meta, "lookahead_frames": 0})
         got = r.push(feats)
         parts.append(f"{kind} max |mask - Keras| = {np.abs(got - want).max():.2e}")
     return "; ".join(parts)
@@ -254,7 +251,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     utils.refuse_model_overrides(args.overrides, "export.py")
     cfg = utils.config_from_args(args)
-    model_dir = args.model or enhance.default_model_dir(cfg)
+    model_dir = args.model or utils.default_model_dir(cfg)
     meta = export(model_dir, args.out, args.quantize)
     signatures = ", ".join(meta["saved_model"]["signatures"])
     print(f"SavedModel: {args.out / 'saved_model'}  (signatures: {signatures})")

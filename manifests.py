@@ -16,6 +16,13 @@ import utils
 COLUMNS = ("index", "noisy", "clean", "noise", "snr_db")  # what the later stages read
 PROVENANCE = ("clean_source", "clean_start_s", "noise_source", "noise_start_s", "gain")  # data_prep's record
 WRITTEN = COLUMNS + PROVENANCE  # data_prep's column order
+SPLITS = ("training", "testing")
+FOLDERS = ("CleanSpeech_{}", "Noise_{}", "NoisySpeech_{}")  # data_prep's output folders, per split
+
+
+def output_folders() -> set[str]:
+    """The names of data_prep's output folders (on-the-fly mixing skips them inside a source folder)."""
+    return {f.format(split) for f in FOLDERS for split in SPLITS}
 
 
 def path(cfg, split: str) -> Path:

@@ -1,7 +1,13 @@
-"""On-the-fly training mixtures ([train] on_the_fly = true): clean and noise sources decoded once into
-memory, mixed at random inside tf.data with data_prep's definitions (speech-active segments, exact
-SNR, the anti-clipping gain) plus the augmentations of augment.py. Example i of epoch e depends only
-on ([train] seed, e, i), so a resumed run sees exactly the examples it would have seen.
+"""How clean speech and noise are mixed, for data/data_prep.py's cached mixtures and for on-the-fly
+training mixtures ([train] on_the_fly = true), plus the on-the-fly pipeline itself.
+
+    active_fraction, is_silent    speech activity and silence of a segment
+    draw, start_at                the random draws of one attempt at a segment, and its first sample
+    mix(clean, noise, snr)        exact SNR, noisy = clean + noise, one anti-clipping gain (PEAK)
+
+On the fly, clean and noise sources are decoded once into memory and mixed at random inside tf.data
+with these definitions plus the augmentations of augment.py. Example i of epoch e depends only on
+([train] seed, e, i), so a resumed run sees exactly the examples it would have seen.
 
     data_settings(cfg)            the [data] sources and SNR range in use (MIX_DATA_KEYS)
     OnTheFlyMixer                 one mixture (`example`) and its STFT (`spectra`)
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+import manifests
 import STFT
 import utils
 from augment import (
@@ -30,9 +37,75 @@ from augment import (
     room_impulse_response,
     spectral_tilt,
 )
-from data import data_prep  # the mixing definitions: speech activity, exact SNR, peak, attempts
 
 log = utils.get_logger("train")  # its warnings are the training run's
+
+# ----------------------------------------------------------------------------- the mixing definitions
+# data/data_prep.py (the cached mixtures) and OnTheFlyMixer below both mix with these.
+
+PEAK = 0.99  # max |noisy| after the common anti-clipping gain
+ACTIVITY_FRAME_S = 0.02
+ACTIVITY_RANGE_DB = 40.0
+ACTIVITY_MIN_FRACTION = 0.5
+SILENCE_RMS = 1e-5  # -100 dBFS: a segment this quiet is treated as silent
+MIN_NOISE_S = 0.5  # shorter noise files are skipped (looping them would sound like a buzz)
+MAX_ATTEMPTS = 100  # draws per mixture before giving up on finding an active clean segment
+
+
+def draw(rng: np.random.Generator, count: int) -> tuple[int, float]:
+    """A source index and a start fraction: the two draws of every attempt at a segment.
+
+    Both are drawn before any I/O, whether the file then turns out bad, too short or silent, so a
+    mixture's random stream never depends on what a process read before (data_prep: the worker count
+    and the order chunks finish).
+    """
+    return int(rng.integers(count)), float(rng.random())
+
+
+def start_at(u: float, length: int, n: int) -> int:
+    """The first sample of an n-sample segment of a length-sample source from a uniform u in [0, 1):
+    any start that fits, or any sample of a source shorter than n (its segment loops)."""
+    count = length - n + 1 if length >= n else length
+    return min(int(u * count), count - 1)  # u * count may round up to count
+
+
+def active_fraction(x: np.ndarray, sample_rate: int) -> float:
+    """Fraction of 20-ms frames within 40 dB of the loudest frame (0 for a silent segment)."""
+    flen = max(1, int(round(ACTIVITY_FRAME_S * sample_rate)))
+    nf = len(x) // flen
+    if nf == 0:
+        return 0.0
+    frames = np.asarray(x[: nf * flen], dtype=np.float64).reshape(nf, flen)
+    energy = np.einsum("ij,ij->i", frames, frames)
+    top = energy.max()
+    if top <= flen * SILENCE_RMS**2:
+        return 0.0
+    return float(np.mean(energy >= top * 10 ** (-ACTIVITY_RANGE_DB / 10)))
+
+
+def is_silent(x: np.ndarray) -> bool:
+    x = np.asarray(x, dtype=np.float64)
+    return not np.all(np.isfinite(x)) or float(np.sqrt(np.mean(x * x))) < SILENCE_RMS
+
+
+def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float = PEAK):
+    """Scales noise to `snr_db` against clean and mixes; returns float32 (clean, noise, noisy, gain).
+
+    The SNR holds exactly on the returned (float32) signals, noisy == clean + noise exactly in float32,
+    and max|noisy| <= peak (up to float32 rounding) through one gain applied to all three.
+    """
+    c = np.asarray(clean, dtype=np.float64)
+    n = np.asarray(noise, dtype=np.float64)
+    ec, en = float(np.einsum("i,i->", c, c)), float(np.einsum("i,i->", n, n))  # np.dot: BLAS threads, slow
+    if not (ec > 0 and en > 0):
+        raise ValueError("clean and noise must both have energy")
+    n = n * math.sqrt(ec / (en * 10 ** (snr_db / 10)))
+    top = float(np.max(np.abs(c + n)))
+    gain = peak / top if top > peak else 1.0
+    c32 = (c * gain).astype(np.float32)
+    n32 = (n * gain).astype(np.float32)
+    return c32, n32, c32 + n32, gain
+
 
 # [data] settings on-the-fly mixing reads (data/config.ini, [train] data_config, or --set data.KEY=...).
 MIX_DATA_KEYS = ("clean_train_path", "noise_train_path", "SNR_lower", "SNR_upper")
@@ -59,6 +132,11 @@ def data_settings(cfg) -> dict:
         raise utils.PipelineError(
             f"{path}: [data] {', '.join(missing)} missing (needed by [train] on_the_fly)"
         )
+    if "sample_rate" in values:  # mixed at the model's rate: [STFT] sample_rate (decoded at it below)
+        own = cfg.has_option("data", "sample_rate")  # a --set data.sample_rate=... override
+        source = getattr(cfg, "source", "config.ini")
+        rate = STFT.StftParams.from_config(cfg).sample_rate
+        utils.check_sample_rates(values["sample_rate"], source if own else path, rate, source)
     return {k: values[k].strip() for k in MIX_DATA_KEYS}
 
 
@@ -99,7 +177,7 @@ class OnTheFlyMixer:
     the noise draw, the level, the EQ and the room, so turning an augmentation on changes no other draw
     and the result never depends on which thread made it or in what order. Per example:
       * a clean segment of crop length from a uniformly drawn file and offset, redrawn until
-        data_prep.active_fraction >= 0.5 (the most active of MAX_ATTEMPTS draws otherwise);
+        active_fraction >= 0.5 (the most active of MAX_ATTEMPTS draws otherwise);
       * a noise segment likewise (a file shorter than the crop is looped), redrawn while silent;
       * noise augmentations, each with AUGMENT_PROBABILITY and its own draws: noise2 adds a second
         noise segment NOISE2_DB below the first; tilt (spectral_tilt), modulate (level_modulation),
@@ -107,10 +185,10 @@ class OnTheFlyMixer:
       * [augment] eq: random shelves on the speech and (drawn separately) on the noise; the target is
         the EQ'd speech. reverb: the speech convolved with room_impulse_response; the target is the
         direct path + early reflections (EARLY_S); each with AUGMENT_PROBABILITY;
-      * SNR uniform in [SNR_lower, SNR_upper], data_prep.mix (exact SNR of speech to noise, one
+      * SNR uniform in [SNR_lower, SNR_upper], mix (exact SNR of speech to noise, one
         anti-clipping gain on everything);
       * a level gain uniform in [level_db_min, level_db_max] dB on noisy, target and noise alike (SNR
-        unchanged), lowered where max|noisy| would pass data_prep.PEAK.
+        unchanged), lowered where max|noisy| would pass PEAK.
     The spectra are STFT.stft of the crop; its first `crop` frames are kept (the flush frames are
     dropped, as a crop of a cached clip ends inside the clip).
     """
@@ -149,24 +227,25 @@ class OnTheFlyMixer:
 
     def _pick_clean(self, rng: np.random.Generator) -> np.ndarray:
         n, best = self.n_samples, (-1.0, None)
-        for _ in range(data_prep.MAX_ATTEMPTS):
-            x = self.clean[int(rng.integers(len(self.clean)))]
-            start = min(int(rng.random() * (len(x) - n + 1)), len(x) - n)
+        for _ in range(MAX_ATTEMPTS):
+            i, u = draw(rng, len(self.clean))
+            x = self.clean[i]
+            start = start_at(u, len(x), n)
             seg = x[start : start + n]
-            frac = data_prep.active_fraction(seg, self.sp.sample_rate)
-            if frac >= data_prep.ACTIVITY_MIN_FRACTION:
+            frac = active_fraction(seg, self.sp.sample_rate)
+            if frac >= ACTIVITY_MIN_FRACTION:
                 return seg
             best = max(best, (frac, seg), key=lambda b: b[0])
         return best[1]
 
     def _pick_noise(self, rng: np.random.Generator) -> np.ndarray:
         n = self.n_samples
-        for _ in range(data_prep.MAX_ATTEMPTS):
-            x = self.noise[int(rng.integers(len(self.noise)))]
-            room = len(x) - n + 1 if len(x) >= n else len(x)
-            start = min(int(rng.random() * room), room - 1)
+        for _ in range(MAX_ATTEMPTS):
+            i, u = draw(rng, len(self.noise))
+            x = self.noise[i]
+            start = start_at(u, len(x), n)
             seg = np.take(x, np.arange(start, start + n), mode="wrap")  # short noise loops
-            if not data_prep.is_silent(seg):
+            if not is_silent(seg):
                 break
         return seg
 
@@ -197,9 +276,9 @@ class OnTheFlyMixer:
         target = None  # None: the target is the mixed speech itself
         if "reverb" in self.augment and r_room.random() < AUGMENT_PROBABILITY:
             speech, target = reverberate(speech, room_impulse_response(r_room, sr), sr)
-        speech, noise, noisy, gain = data_prep.mix(speech, noise, snr)
+        speech, noise, noisy, gain = mix(speech, noise, snr)
         clean = speech if target is None else (target * gain).astype(np.float32)
-        g = min(10 ** (level_db / 20), data_prep.PEAK / max(float(np.max(np.abs(noisy))), 1e-12))
+        g = min(10 ** (level_db / 20), PEAK / max(float(np.max(np.abs(noisy))), 1e-12))
         f32 = np.float32(g)
         return MixedExample(noisy * f32, clean * f32, noise * f32, snr, 20 * math.log10(g))
 
@@ -216,19 +295,19 @@ def load_sources(folder: Path, kind: str, sample_rate: int, min_samples: int, pr
     own output folders inside it are ignored."""
     from tqdm import tqdm
 
-    outputs = {f.format(split) for f in data_prep.FOLDERS for split in data_prep.SPLITS}
+    outputs = manifests.output_folders()
     files = [p for p in utils.find_audio(folder) if not outputs & set(p.relative_to(folder).parts)]
-    least = max(min_samples, int(data_prep.MIN_NOISE_S * sample_rate) if kind == "noise" else 1)
+    least = max(min_samples, int(MIN_NOISE_S * sample_rate) if kind == "noise" else 1)
     arrays, skipped = [], []
     for path in tqdm(files, desc=f"decoding {kind}", unit="file", leave=False, disable=not progress):
         try:
-            x = data_prep.decode(str(path), sample_rate)
+            x = utils.read_audio(path, sample_rate)[0]
         except utils.AudioError as e:
             skipped.append((path, e.reason))
             continue
         if len(x) < least:
             skipped.append((path, f"too short ({len(x) / sample_rate:.2f} s < {least / sample_rate:g} s)"))
-        elif (data_prep.active_fraction(x, sample_rate) == 0) if kind == "clean" else data_prep.is_silent(x):
+        elif (active_fraction(x, sample_rate) == 0) if kind == "clean" else is_silent(x):
             skipped.append((path, "silent"))
         else:
             x.setflags(write=False)  # shared by every thread of the input pipeline

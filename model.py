@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import STFT
+import streaming
 import utils
 
 utils.quiet_tensorflow()
@@ -585,14 +586,15 @@ def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
     return keras.Model([frame, *states], [mask, *new_states], name="streaming_step")
 
 
-class StreamingMask:
-    """Frame-by-frame masks of a causal model, equal to the whole-clip output (to float rounding).
+class StreamingMask(streaming.MaskRunner):
+    """A frame runner (streaming.HopStream): frame-by-frame masks of a causal model, equal to the
+    whole-clip output (to float rounding).
 
     step(frame (F, C) float32) -> mask (F, 2) for input frame n - L, or None while the first L frames
     (the lookahead) fill; flush() feeds L zero frames, exactly like the whole-clip padding, returns the
-    remaining masks and resets. The LSTM states (h, c per layer) are carried explicitly between calls
-    of one tf.function with a fixed signature: ~0.4 ms per 10-ms frame on one core for the default
-    model (bench/bench_model.py), mostly call overhead.
+    remaining masks (m, F, 2) and resets. The LSTM states (h, c per layer) are carried explicitly
+    between calls of one tf.function with a fixed signature: ~0.4 ms per 10-ms frame on one core for
+    the default model (bench/bench_model.py), mostly call overhead.
     """
 
     def __init__(self, model: keras.Model, cfg):
@@ -610,21 +612,83 @@ class StreamingMask:
         out = self.step_model([frame[None], *states], training=False)
         return out[0][0], tuple(out[1:])
 
-    def reset(self) -> None:
+    def _reset_state(self) -> None:
         self.states = tuple(tf.zeros(s, tf.float32) for s in self._state_shapes)
-        self.frames_in = 0  # network frames run so far (real + flushed)
 
-    def step(self, frame) -> np.ndarray | None:
+    def _network_frame(self, frame) -> np.ndarray:
         mask, self.states = self._fn(tf.constant(np.asarray(frame, np.float32)), self.states)
-        n = self.frames_in
-        self.frames_in += 1
-        return mask.numpy() if n >= self.lookahead else None
+        return mask.numpy()
 
-    def flush(self) -> list[np.ndarray]:
-        zero = np.zeros((self.n_bins, self.channels), np.float32)
-        masks = [self.step(zero) for _ in range(self.lookahead)]
+
+def chunk_model(model, cfg):
+    """The causal network on a block of frames with its LSTM states in and out (shared weights).
+
+    Inputs [features (1, T, F, C), h_0, c_0, ...] -> outputs [mask (1, T, F, 2), h_0', c_0', ...], without
+    the lookahead pad/crop (the runner does it). Network frame n of consecutive blocks equals network
+    frame n of the whole clip, because the state is all an LSTM carries from one frame to the next.
+    """
+    p = ModelParams.from_config(cfg)
+    n_bins, channels = feature_shape(cfg)
+    feats = keras.Input(batch_shape=(1, None, n_bins, channels), name="chunk")
+    states = [
+        keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}")
+        for i in range(p.lstm_layers)
+        for s in "hc"
+    ]
+    x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(feats)
+    x = model.get_layer("projection")(x)
+    new_states = []
+    for i in range(p.lstm_layers):
+        orig = model.get_layer(f"lstm_{i}")
+        # Same layer class and weights, but returning its final state (Keras layers cannot change that).
+        lstm = orig.__class__.from_config(
+            {**orig.get_config(), "return_state": True, "name": f"chunk_lstm_{i}"}
+        )
+        x, h, c = lstm(x, initial_state=states[2 * i : 2 * i + 2])
+        lstm.set_weights(orig.get_weights())
+        new_states += [h, c]
+    for i in range(p.dense_layers):
+        x = model.get_layer(f"dense_{i}")(x)
+    mask = model.get_layer("mask")(model.get_layer("to_bins")(model.get_layer("mask_logits")(x)))
+    return keras.Model([feats, *states], [mask, *new_states], name="chunk_step")
+
+
+def chunk_function(model, cfg):
+    """tf.function(features (1, T, F, C), states) -> (masks (T, F, 2), states), traced once for any T."""
+    p = ModelParams.from_config(cfg)
+    n_bins, channels = feature_shape(cfg)
+    net = chunk_model(model, cfg)
+    spec = tf.TensorSpec((1, None, n_bins, channels), tf.float32)
+    state_spec = tuple(tf.TensorSpec((1, p.lstm_units), tf.float32) for _ in range(2 * p.lstm_layers))
+
+    def run(feats, states):
+        out = net([feats, *states], training=False)
+        return out[0][0], tuple(out[1:])
+
+    return tf.function(run, input_signature=[spec, state_spec])
+
+
+class KerasChunkRunner(streaming.MaskRunner):
+    """A block runner (streaming.FrameStream): whole blocks of frames per call with the LSTM states
+    carried, for fast offline processing of long files.
+
+    `fn` (chunk_function) can be shared by several runners (channels, files): each keeps its own state.
+    """
+
+    def __init__(self, model: keras.Model, cfg, fn=None):
+        p = ModelParams.from_config(cfg)
+        self.lookahead = p.lookahead_frames
+        self.n_bins, self.channels = feature_shape(cfg)
+        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
+        self._fn = fn or chunk_function(model, cfg)
         self.reset()
-        return [m for m in masks if m is not None]
+
+    def _reset_state(self) -> None:
+        self.states = tuple(tf.zeros(s, tf.float32) for s in self._state_shapes)
+
+    def _network_block(self, feats: np.ndarray) -> np.ndarray:
+        masks, self.states = self._fn(tf.constant(feats[None], tf.float32), self.states)
+        return masks.numpy()
 
 
 # ----------------------------------------------------------------------------- figures

@@ -1,6 +1,8 @@
 """The TFLite streaming step shared by enhance.py and export.py: conversion, LiteRT runner, cache.
 
-Dependencies flow one way: enhance.py and export.py import this module; it imports neither.
+Dependencies flow one way: enhance.py and export.py import this module; it imports neither (only
+streaming.py, whose MaskRunner does the runner's lookahead bookkeeping). Running a step needs no
+TensorFlow: only convert() and cache_key() import it.
 
     convert(model, cfg, kind)        -> flatbuffer bytes of the one-frame step (needs TensorFlow)
     TFLiteRunner(path, meta)         frame runner (step) and block runner (push) over LiteRT (no TF)
@@ -24,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+import streaming
 import utils
 
 KINDS = ("float32", "dynamic_int8")
 CACHE_VERSION = 2  # (2: packed states) bump when the conversion changes: every cached step is then rebuilt
 CACHE_PREFIX = "streaming_step"
+EXPORT_METADATA = "metadata.json"  # written by export.py, read by enhance.TFLiteEnhancer
 PROJECT = "speech-enhancement-wilson2018"
 
 
@@ -163,9 +167,9 @@ def step_meta(cfg, packed: bool = True) -> dict:
     }
 
 
-class TFLiteRunner:
-    """enhance.py's frame runner (step, for HopStream) and block runner (push, for FrameStream) over the
-    TFLite step: LiteRT tensors set and read by index.
+class TFLiteRunner(streaming.MaskRunner):
+    """A frame runner (step, for streaming.HopStream) and block runner (push, for streaming.FrameStream)
+    over the TFLite step: LiteRT tensors set and read by index.
 
     The plain Interpreter calls (set_tensor, invoke, get_tensor) are used instead of the signature
     runner, which resizes and reallocates every input tensor on each call. The states stay in the
@@ -186,31 +190,17 @@ class TFLiteRunner:
         self.channels = len(meta["features"]["channels"])
         self.reset()
 
-    def reset(self) -> None:
+    def _reset_state(self) -> None:
         for (state, _), zeros in zip(self._states, self._zeros):
             self.interpreter.set_tensor(state, zeros)
-        self.frames_in = 0
 
-    def step(self, frame: np.ndarray) -> np.ndarray | None:
-        """One frame (F, C) float32 -> mask (F, 2) of frame n - L, None for the first L frames."""
+    def _network_frame(self, frame: np.ndarray) -> np.ndarray:
         it = self.interpreter
         it.set_tensor(self._frame, frame[None])
         it.invoke()
         for state, new in self._states:
             it.set_tensor(state, it.get_tensor(new))
-        self.frames_in += 1
-        return it.get_tensor(self._mask)[0] if self.frames_in > self.lookahead else None
-
-    def push(self, feats: np.ndarray) -> np.ndarray:
-        """Frames (k, F, C) -> the masks (m, F, 2) they complete (offline blocks: batched STFT outside)."""
-        masks = [m for m in map(self.step, feats) if m is not None]
-        return np.stack(masks) if masks else np.zeros((0, self.n_bins, 2), np.float32)
-
-    def flush(self) -> np.ndarray:
-        """Feeds the L zero frames of the lookahead: the masks (m, F, 2) of the last frames; then resets."""
-        masks = self.push(np.zeros((self.lookahead, self.n_bins, self.channels), np.float32))
-        self.reset()
-        return masks
+        return it.get_tensor(self._mask)[0]
 
 
 # ----------------------------------------------------------------------------- cache

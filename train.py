@@ -15,7 +15,7 @@ cached mixtures, each training example is mixed inside tf.data from the clean_tr
 noise_train_path sources of
 data/config.ini (or [train] data_config; --set data.clean_train_path=DIR etc. override them), decoded
 once into memory: a random speech-active clean segment and a random noise segment of crop_seconds, an
-SNR uniform in [SNR_lower, SNR_upper] applied by data_prep.mix, a random level ([train] level_db_min ..
+SNR uniform in [SNR_lower, SNR_upper] applied by mixing.mix, a random level ([train] level_db_min ..
 level_db_max), and optional augmentations ([train] augment = eq,reverb,noise2,tilt,modulate,transient:
 speech/noise colouring, rooms, and noise made less like the training recordings). Example i of epoch e depends
 only on (seed, e, i), so resume stays exact; [train] examples_per_epoch (0 = the cached count) sets the

@@ -158,6 +158,21 @@ def default_model_dir(cfg=None) -> Path:
     )
 
 
+def check_sample_rates(data_rate, data_source, stft_rate: int, stft_source) -> None:
+    """The mixtures' rate ([data] sample_rate) must be the model's ([STFT] sample_rate): mixing at one
+    rate and training at another would resample every example behind the user's back. A one-line
+    PipelineError naming both files and values otherwise."""
+    try:
+        rate = int(str(data_rate).strip())
+    except ValueError:
+        raise PipelineError(f"{data_source}: [data] sample_rate={data_rate!r} is not an integer") from None
+    if rate != stft_rate:
+        raise PipelineError(
+            f"{data_source}: [data] sample_rate={rate} differs from {stft_source}: [STFT] "
+            f"sample_rate={stft_rate}; make them equal"
+        )
+
+
 def save_config(cfg: configparser.ConfigParser, path: Path | str) -> None:
     """Writes the resolved config (absolute paths, overrides applied) atomically."""
     with atomic_write(path, "w") as f:

@@ -190,22 +190,19 @@ def worker(args) -> dict:
         enhance.Enhancer.from_pretrained(args.model)
         return {"maxrss_mb": _maxrss_mb()}
     if args.worker == "quality":  # SI-SDR of the float32 and int8 exports on the same mixtures
-        import export
         import metrics
 
         mixes, source = _mixtures(args.corpus, args.mixtures)
         scores = {"noisy": [m[1] for m in mixes]}
         for kind, quantized in (("float32", False), ("int8", True)):
-            enh = export.TFLiteEnhancer.from_export(args.tflite, quantized=quantized)
+            enh = enhance.TFLiteEnhancer.from_export(args.tflite, quantized=quantized)
             scores[kind] = [enh(noisy) for _, noisy, _ in mixes]
         means = {
             k: float(np.mean([metrics.si_sdr(m[0], y) for m, y in zip(mixes, v)])) for k, v in scores.items()
         }
         return {"source": source, **means}
     if args.worker == "long_tflite":  # the TFLite runner needs no TensorFlow at all
-        import export
-
-        enh = export.TFLiteEnhancer.from_export(args.tflite)
+        enh = enhance.TFLiteEnhancer.from_export(args.tflite)
         with tempfile.TemporaryDirectory() as out:
             r = enh.enhance_file(args.file, Path(out) / "out.wav", chunk_seconds=args.chunk_seconds)
         return {"rtf": r["rtf"], "seconds": r["seconds"], "maxrss_mb": _maxrss_mb()}
@@ -224,9 +221,7 @@ def worker(args) -> dict:
     if args.worker == "stream_keras":
         enh = enhance.Enhancer.from_pretrained(args.model)
     else:
-        import export
-
-        enh = export.TFLiteEnhancer.from_export(args.tflite, quantized=args.worker == "stream_tflite_int8")
+        enh = enhance.TFLiteEnhancer.from_export(args.tflite, quantized=args.worker == "stream_tflite_int8")
         return {**_stream_timing(enh, x), **_invoke_split(enh, x), "maxrss_mb": _maxrss_mb()}
     return {**_stream_timing(enh, x), "maxrss_mb": _maxrss_mb()}
 

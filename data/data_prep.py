@@ -50,24 +50,18 @@ import soundfile as sf
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as `python data/data_prep.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import manifests  # noqa: E402
+import mixing  # noqa: E402
 import shards  # noqa: E402
 import utils  # noqa: E402
 
-SPLITS = {"training": 0, "testing": 1}  # the split id is part of every mixture's random seed
+SPLITS = {name: i for i, name in enumerate(manifests.SPLITS)}  # the split id seeds every mixture
 SPLIT_KEYS = {
     "training": ("clean_train_path", "noise_train_path", "total_training_files"),
     "testing": ("clean_test_path", "noise_test_path", "total_testing_files"),
 }
-FOLDERS = ("CleanSpeech_{}", "Noise_{}", "NoisySpeech_{}")
+FOLDERS = manifests.FOLDERS
 MANIFEST_COLUMNS = manifests.WRITTEN
 
-PEAK = 0.99  # max |noisy| after the common anti-clipping gain
-ACTIVITY_FRAME_S = 0.02
-ACTIVITY_RANGE_DB = 40.0
-ACTIVITY_MIN_FRACTION = 0.5
-SILENCE_RMS = 1e-5  # -100 dBFS: a segment this quiet is treated as silent
-MIN_NOISE_S = 0.5  # shorter noise files are skipped (looping them would sound like a buzz)
-MAX_ATTEMPTS = 100  # draws per mixture before giving up on finding an active clean segment
 CACHE_BYTES = 512 * 2**20  # decoded sources kept per worker process
 PARTIAL_READ_S = 60.0  # longer files at the target rate are read segment by segment, not cached whole
 PARTIAL_FORMATS = {"WAV", "WAVEX", "FLAC", "AIFF", "RF64", "W64", "CAF"}  # exact frame counts, fast seeks
@@ -271,45 +265,7 @@ class SourceReader:
         return x
 
 
-# ----------------------------------------------------------------------------- signal helpers
-
-
-def active_fraction(x: np.ndarray, sample_rate: int) -> float:
-    """Fraction of 20-ms frames within 40 dB of the loudest frame (0 for a silent segment)."""
-    flen = max(1, int(round(ACTIVITY_FRAME_S * sample_rate)))
-    nf = len(x) // flen
-    if nf == 0:
-        return 0.0
-    frames = np.asarray(x[: nf * flen], dtype=np.float64).reshape(nf, flen)
-    energy = np.einsum("ij,ij->i", frames, frames)
-    top = energy.max()
-    if top <= flen * SILENCE_RMS**2:
-        return 0.0
-    return float(np.mean(energy >= top * 10 ** (-ACTIVITY_RANGE_DB / 10)))
-
-
-def is_silent(x: np.ndarray) -> bool:
-    x = np.asarray(x, dtype=np.float64)
-    return not np.all(np.isfinite(x)) or float(np.sqrt(np.mean(x * x))) < SILENCE_RMS
-
-
-def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float = PEAK):
-    """Scales noise to `snr_db` against clean and mixes; returns float32 (clean, noise, noisy, gain).
-
-    The SNR holds exactly on the returned (float32) signals, noisy == clean + noise exactly in float32,
-    and max|noisy| <= peak (up to float32 rounding) through one gain applied to all three.
-    """
-    c = np.asarray(clean, dtype=np.float64)
-    n = np.asarray(noise, dtype=np.float64)
-    ec, en = float(np.einsum("i,i->", c, c)), float(np.einsum("i,i->", n, n))  # np.dot: BLAS threads, slow
-    if not (ec > 0 and en > 0):
-        raise ValueError("clean and noise must both have energy")
-    n = n * math.sqrt(ec / (en * 10 ** (snr_db / 10)))
-    top = float(np.max(np.abs(c + n)))
-    gain = peak / top if top > peak else 1.0
-    c32 = (c * gain).astype(np.float32)
-    n32 = (n * gain).astype(np.float32)
-    return c32, n32, c32 + n32, gain
+# ----------------------------------------------------------------------------- names
 
 
 def snr_name(snr: float) -> str:
@@ -395,20 +351,11 @@ class Mixer:
     def _fail(self, src: Source, reason: str) -> None:
         self.reader.bad.setdefault(src.path, reason)
 
-    @staticmethod
-    def _draw(rng: np.random.Generator, sources: tuple) -> tuple[Source, float]:
-        """A file and a start fraction, both drawn before any I/O.
-
-        Every attempt consumes exactly these two draws whether the file turns out bad, too short or
-        fails mid-read, so a mixture's stream never depends on what this process read before (which
-        differs with the worker count and the order chunks finish).
-        """
-        return sources[int(rng.integers(len(sources)))], float(rng.random())
-
     def pick_clean(self, rng: np.random.Generator):
         job, best = self.job, None
-        for _ in range(MAX_ATTEMPTS):
-            src, u = self._draw(rng, job.clean)
+        for _ in range(mixing.MAX_ATTEMPTS):
+            i, u = mixing.draw(rng, len(job.clean))  # both drawn before any I/O (see mixing.draw)
+            src = job.clean[i]
             if src.path in self.reader.bad:
                 continue
             try:
@@ -416,13 +363,13 @@ class Mixer:
                 if length < job.n_samples:
                     self._fail(src, f"too short ({length / job.sample_rate:.2f} s after resampling)")
                     continue
-                start = _start(u, length - job.n_samples + 1)
+                start = mixing.start_at(u, length, job.n_samples)
                 seg = self.reader.segment(src, start, job.n_samples)
             except utils.AudioError as e:
                 self._fail(src, e.reason)
                 continue
-            frac = active_fraction(seg, job.sample_rate)
-            if frac >= ACTIVITY_MIN_FRACTION:
+            frac = mixing.active_fraction(seg, job.sample_rate)
+            if frac >= mixing.ACTIVITY_MIN_FRACTION:
                 return src, start, seg, None
             if frac > 0 and (best is None or frac > best[0]):
                 best = (frac, src, start, seg)
@@ -434,22 +381,22 @@ class Mixer:
 
     def pick_noise(self, rng: np.random.Generator):
         job = self.job
-        for _ in range(MAX_ATTEMPTS):
-            src, u = self._draw(rng, job.noise)
+        for _ in range(mixing.MAX_ATTEMPTS):
+            i, u = mixing.draw(rng, len(job.noise))
+            src = job.noise[i]
             if src.path in self.reader.bad:
                 continue
             try:
                 length = self.reader.length(src)
-                if length < MIN_NOISE_S * job.sample_rate:
+                if length < mixing.MIN_NOISE_S * job.sample_rate:
                     self._fail(src, f"too short ({length / job.sample_rate:.2f} s after resampling)")
                     continue
-                hi = length - job.n_samples + 1 if length >= job.n_samples else length
-                start = _start(u, hi)
+                start = mixing.start_at(u, length, job.n_samples)  # a short noise loops
                 seg = self.reader.segment(src, start, job.n_samples)
             except utils.AudioError as e:
                 self._fail(src, e.reason)
                 continue
-            if not is_silent(seg):
+            if not mixing.is_silent(seg):
                 return src, start, seg
         raise utils.PipelineError(f"{job.noise_dir}: no usable noise (every draw failed or was silent)")
 
@@ -465,9 +412,9 @@ class Mixer:
             result.notes.append(f"mixture {index}: {note}")
         if all(_size(p) == self.file_bytes for p in paths):
             result.resumed += 1  # the plan is recomputed (cheap) so the manifest row is exact
-            _, _, _, gain = mix(clean, noise, snr)
+            _, _, _, gain = mixing.mix(clean, noise, snr)
         else:
-            c32, n32, y32, gain = mix(clean, noise, snr)
+            c32, n32, y32, gain = mixing.mix(clean, noise, snr)
             for path, data in zip(paths, (c32, n32, y32)):
                 write_bytes(path, _wav_bytes(data, job.sample_rate))
             result.written += 1
@@ -484,11 +431,6 @@ class Mixer:
             self.make(i, result)
         result.bad = dict(self.reader.bad)
         return result
-
-
-def _start(u: float, count: int) -> int:
-    """One of range(count) from a uniform u in [0, 1) (min: u * count may round up to count)."""
-    return min(int(u * count), count - 1)
 
 
 def _size(path: Path) -> int:
@@ -569,7 +511,13 @@ def state_digest(settings: Settings, split: str, clean_list, noise_list) -> tupl
         "seed": settings.seed,
         "clean_path": str(settings.clean[split]),
         "noise_path": str(settings.noise[split]),
-        "activity": [ACTIVITY_FRAME_S, ACTIVITY_RANGE_DB, ACTIVITY_MIN_FRACTION, SILENCE_RMS, MIN_NOISE_S],
+        "activity": [
+            mixing.ACTIVITY_FRAME_S,
+            mixing.ACTIVITY_RANGE_DB,
+            mixing.ACTIVITY_MIN_FRACTION,
+            mixing.SILENCE_RMS,
+            mixing.MIN_NOISE_S,
+        ],
         "clean_files": clean_list,
         "noise_files": noise_list,
     }
@@ -604,9 +552,9 @@ def _content_problem(reader: SourceReader, src: Source, kind: str, min_samples: 
     if src.partial(sr):
         return None  # long file: finite and not all zero was checked without decoding it whole
     x = reader._decoded(src)
-    if kind == "clean" and active_fraction(x, sr) == 0:
+    if kind == "clean" and mixing.active_fraction(x, sr) == 0:
         return "silent (no 20-ms frame above -100 dBFS)"
-    if kind == "noise" and is_silent(x):
+    if kind == "noise" and mixing.is_silent(x):
         return "silent (RMS below -100 dBFS)"
     return None
 
@@ -634,7 +582,7 @@ def plan_split(settings: Settings, split: str) -> SplitPlan:
     exclude = [out / f.format(s) for f in FOLDERS for s in SPLITS]  # outputs inside a source folder
     n = settings.n_samples
     clean, skip_c, list_c = scan_sources(settings.clean[split], n, settings.sample_rate, exclude)
-    min_noise = int(math.ceil(MIN_NOISE_S * settings.sample_rate))
+    min_noise = int(math.ceil(mixing.MIN_NOISE_S * settings.sample_rate))
     noise, skip_n, list_n = scan_sources(settings.noise[split], min_noise, settings.sample_rate, exclude)
     decoded_bad = []
     for kind, usable, folder, least, skipped in (

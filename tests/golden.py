@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import metrics  # noqa: E402
+import mixing  # noqa: E402
 import utils  # noqa: E402
-from data import data_prep, demo_corpus  # noqa: E402
+from data import demo_corpus  # noqa: E402
 
 GOLDEN = utils.PRETRAINED_DIR / "golden.json"
 SR = 16000
@@ -41,7 +42,7 @@ REAL = (("real_0dB", 0, 0, 0.0), ("real_5dB", 1, 3, 5.0), ("real_10dB", 2, 6, 10
 
 def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
     """(clean, noisy) mixed exactly as data_prep mixes (SNR exact, one gain if it would clip)."""
-    c, _, noisy, _ = data_prep.mix(clean, noise, snr_db)
+    c, _, noisy, _ = mixing.mix(clean, noise, snr_db)
     return c, noisy
 
 

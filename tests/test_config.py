@@ -89,3 +89,21 @@ def test_model_settings_cannot_be_overridden(tmp_path, script, item, capsys):
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: --set {item}: {script}.py takes [{section}] from the model folder")
     assert not out.exists()
+
+
+def test_on_the_fly_data_rate_must_equal_stft_rate(tmp_path):
+    """[train] on_the_fly mixes at [STFT] sample_rate: a data config that says another rate is refused
+    in one line naming both files; a --set data.sample_rate that agrees wins over the file."""
+    import mixing
+
+    data_config = tmp_path / "data_config.ini"
+    text = utils.DATA_CONFIG.read_text()
+    data_config.write_text(text.replace("sample_rate = 16000", "sample_rate = 22050"))
+    config = write_config(tmp_path, {"train": {"data_config": str(data_config)}})
+    with pytest.raises(utils.PipelineError) as e:
+        mixing.data_settings(utils.load_config(config))
+    assert str(e.value) == (
+        f"{data_config}: [data] sample_rate=22050 differs from {config}: [STFT] sample_rate=16000; "
+        "make them equal"
+    )
+    assert mixing.data_settings(utils.load_config(config, ["data.sample_rate=16000"]))["SNR_lower"] == "-5"

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 from conftest import SR, noise_like, speech_like
 
+import mixing
 import utils
 from data import data_prep
 
@@ -89,7 +90,7 @@ def check_split(out: Path, split: str, total: int, seconds: float = 1.0) -> list
             np.sum(clean.astype(np.float64) ** 2) / np.sum(noise.astype(np.float64) ** 2)
         )
         assert abs(measured - snr) < 0.01
-        assert np.max(np.abs(noisy)) <= data_prep.PEAK + 1e-6
+        assert np.max(np.abs(noisy)) <= mixing.PEAK + 1e-6
         assert 0 < float(r["gain"]) <= 1
     return rows
 
@@ -111,7 +112,7 @@ def test_outputs_follow_the_contract(synthetic_corpus, tmp_path, capsys):
             start = round(float(r["clean_start_s"]) * SR)
             expected = (src[start : start + SR].astype(np.float64) * float(r["gain"])).astype(np.float32)
             assert np.array_equal(read32(out / r["clean"]), expected)
-            assert data_prep.active_fraction(expected, SR) >= data_prep.ACTIVITY_MIN_FRACTION
+            assert mixing.active_fraction(expected, SR) >= mixing.ACTIVITY_MIN_FRACTION
         assert f"{split}: {total} mixtures ({total} written" in stdout
     assert (out / "data_prep_config.ini").is_file()
     assert utils.load_config(out / "data_prep_config.ini")["data"]["total_training_files"] == "6"
@@ -225,7 +226,7 @@ def test_clean_segments_contain_speech(synthetic_corpus, tmp_path):
     assert run(data_args(synthetic_corpus, out, total_training_files=8, total_testing_files=0))[0] == 0
     for r in check_split(out, "training", 8):
         assert float(r["clean_start_s"]) < 0.5
-        assert data_prep.active_fraction(read32(out / r["clean"]), SR) >= data_prep.ACTIVITY_MIN_FRACTION
+        assert mixing.active_fraction(read32(out / r["clean"]), SR) >= mixing.ACTIVITY_MIN_FRACTION
 
 
 def test_any_rate_and_channel_count(tmp_path):
@@ -279,23 +280,23 @@ def test_mix_is_exact_and_avoids_clipping(rng):
     clean = (0.9 * np.sign(rng.standard_normal(SR))).astype(np.float32)
     noise = rng.standard_normal(SR).astype(np.float32)
     for snr in (-5.0, 0.0, 2.5, 20.0):
-        c, n, y, gain = data_prep.mix(clean, noise, snr)
+        c, n, y, gain = mixing.mix(clean, noise, snr)
         assert c.dtype == n.dtype == y.dtype == np.float32
         assert np.array_equal(y, c + n)
         got = 10 * np.log10(np.sum(c.astype(np.float64) ** 2) / np.sum(n.astype(np.float64) ** 2))
         assert abs(got - snr) < 1e-3
-        assert gain < 1 and np.max(np.abs(y)) <= data_prep.PEAK + 1e-6
-    quiet = data_prep.mix(0.01 * clean, noise, 30.0)
+        assert gain < 1 and np.max(np.abs(y)) <= mixing.PEAK + 1e-6
+    quiet = mixing.mix(0.01 * clean, noise, 30.0)
     assert quiet[3] == 1.0
 
 
 def test_activity_check():
     speech = speech_like(1.0, 3)
-    assert data_prep.active_fraction(speech, SR) >= data_prep.ACTIVITY_MIN_FRACTION
-    assert data_prep.active_fraction(np.zeros(SR, np.float32), SR) == 0.0
+    assert mixing.active_fraction(speech, SR) >= mixing.ACTIVITY_MIN_FRACTION
+    assert mixing.active_fraction(np.zeros(SR, np.float32), SR) == 0.0
     mostly_silent = np.zeros(SR, np.float32)
     mostly_silent[: SR // 5] = speech[: SR // 5]
-    assert data_prep.active_fraction(mostly_silent, SR) < data_prep.ACTIVITY_MIN_FRACTION
+    assert mixing.active_fraction(mostly_silent, SR) < mixing.ACTIVITY_MIN_FRACTION
 
 
 def test_long_files_are_read_in_segments(tmp_path):

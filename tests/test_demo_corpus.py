@@ -6,7 +6,8 @@ import numpy as np
 import soundfile as sf
 from conftest import CORPUS_SPLITS, SR
 
-from data import data_prep, demo_corpus
+import mixing
+from data import demo_corpus
 
 
 def load(folder):
@@ -31,7 +32,7 @@ def test_layout_and_audio(tmp_path):
         if name.startswith("clean"):
             assert len(x) >= demo_corpus.UTTERANCE_S[0] * SR - 1
             # speech-like: passes data_prep's activity check, yet has pauses (quiet frames)
-            assert data_prep.active_fraction(x[: 3 * SR], SR) >= data_prep.ACTIVITY_MIN_FRACTION
+            assert mixing.active_fraction(x[: 3 * SR], SR) >= mixing.ACTIVITY_MIN_FRACTION
             frames = x[: len(x) // 320 * 320].reshape(-1, 320)
             energy = np.sum(frames.astype(np.float64) ** 2, axis=1)
             assert np.mean(energy < energy.max() * 1e-4) > 0.05, name

@@ -19,6 +19,7 @@ from conftest import run_enhance_cli as run_cli
 import enhance
 import model as M
 import STFT
+import streaming
 import utils
 
 
@@ -90,8 +91,8 @@ def test_call_is_chunked_and_equals_whole(enhancers, lookahead, sr, monkeypatch)
     enh = enhancers[lookahead]
     x = np.stack([noisy(1.3037, 30, sr), 0.5 * noisy(1.3037, 31, sr)], axis=1)
     pushed = []
-    push = enhance.KerasChunkRunner.push
-    monkeypatch.setattr(enhance.KerasChunkRunner, "push", lambda r, f: pushed.append(len(f)) or push(r, f))
+    push = M.KerasChunkRunner.push
+    monkeypatch.setattr(M.KerasChunkRunner, "push", lambda r, f: pushed.append(len(f)) or push(r, f))
     y = enh(x, sr, chunk_seconds=0.05)
     assert y.shape == x.shape
     np.testing.assert_allclose(y, enh.whole(x, sr), atol=1e-4, rtol=0)
@@ -200,7 +201,7 @@ def test_hop_stream_equals_whole_clip_transform(lookahead, features):
     mask = _fake_net(padded)[lookahead:]
     want = STFT.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=len(x))
     runner = FakeFrameRunner(lookahead, sp.n_bins, features.channels)
-    stream = enhance.HopStream(runner, sp, features)
+    stream = streaming.HopStream(runner, sp, features)
     sizes = np.random.default_rng(lookahead).choice([1, 7, 159, 160, 161, 1000], size=len(x))
     parts, i = [], 0
     for n in sizes:
@@ -221,7 +222,7 @@ def test_hop_stream_short_inputs(n):
     """Shorter than a hop or a window: as many samples out as in, equal to the whole-clip transform."""
     sp, fp = STFT.StftParams(), STFT.FeatureParams()
     x = noisy(0.1, 41)[:n]
-    stream = enhance.HopStream(FakeFrameRunner(2, sp.n_bins, fp.channels), sp, fp)
+    stream = streaming.HopStream(FakeFrameRunner(2, sp.n_bins, fp.channels), sp, fp)
     y = np.concatenate([stream.process(x), stream.flush()])
     X = STFT.stft(x, sp)
     padded = np.concatenate([STFT.features(X, fp, sp), np.zeros((2, sp.n_bins, fp.channels), np.float32)])

@@ -142,6 +142,7 @@ def test_baseline_adapter_smoke(name):
 # ----------------------------------------------------------------------------- outputs
 
 
+@pytest.mark.slow
 def test_summary_matches_csv_and_workers_do_not_matter(test_set, tmp_path):
     cfg, _ = test_set
     one = evaluate.evaluate(cfg, None, tmp_path / "w1", workers=1, progress=False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,7 +93,7 @@ def test_tflite_float32_matches_keras(exported):
     model_dir, out = exported
     x = noisy(1.5037, 21)
     want = enhance.Enhancer.from_pretrained(model_dir)(x)
-    lite = export.TFLiteEnhancer.from_export(out)
+    lite = enhance.TFLiteEnhancer.from_export(out)
     np.testing.assert_allclose(lite(x), want, atol=1e-4, rtol=0)
     # Streaming through TFLite with odd chunks: the same after the documented delay.
     stream = lite.stream()
@@ -101,7 +104,7 @@ def test_tflite_float32_matches_keras(exported):
 def test_tflite_stream_resets_its_states(exported):
     """The LSTM states live in the interpreter: flush() zeroes them, so a second pass is identical."""
     _, out = exported
-    stream = export.TFLiteEnhancer.from_export(out).frame_stream()
+    stream = enhance.TFLiteEnhancer.from_export(out).frame_stream()
     x = noisy(0.5037, 27)
     first = np.concatenate([stream.process(x), stream.flush()])
     second = np.concatenate([stream.process(x[:1000]), stream.process(x[1000:]), stream.flush()])
@@ -109,11 +112,28 @@ def test_tflite_stream_resets_its_states(exported):
     np.testing.assert_array_equal(second, first)
 
 
+def test_tflite_runs_without_tensorflow(exported):
+    """An exported model runs on numpy + LiteRT alone (streaming.py, tflite_step.TFLiteRunner), and
+    export.py does not import enhance.py (dependencies point one way: enhance -> streaming <- export)."""
+    _, out = exported
+    code = (
+        "import sys, numpy as np, enhance, export; "
+        "y = enhance.TFLiteEnhancer.from_export(sys.argv[1])(np.ones(4000, np.float32)); "
+        "assert y.shape == (4000,); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, str(out)], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert "import enhance" not in (root / "export.py").read_text()
+
+
 def test_tflite_quantized_close(exported):
     model_dir, out = exported
     x = noisy(1.5037, 22)
     want = enhance.Enhancer.from_pretrained(model_dir)(x)
-    got = export.TFLiteEnhancer.from_export(out, quantized=True)(x)
+    got = enhance.TFLiteEnhancer.from_export(out, quantized=True)(x)
     snr = 10 * np.log10(np.sum(want**2) / np.sum((want - got) ** 2))
     assert 15 < snr < 200  # int8 weights: close to float, but not identical
 
@@ -128,6 +148,7 @@ def test_enhance_cli_with_tflite(exported, tmp_path, capsys):
     np.testing.assert_allclose(y, enhance.Enhancer.from_pretrained(model_dir)(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_cli_self_check(exported, tmp_path, capsys):
     """export.py's printed check: the TFLite step against the Keras step on random frames."""
     model_dir, _ = exported
@@ -136,6 +157,7 @@ def test_cli_self_check(exported, tmp_path, capsys):
     assert float(line.split("float32 max |mask - Keras| = ")[1].split(";")[0]) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_and_non_causal(tmp_path, capsys):
     bidir = make_model(tmp_path / "bi", architecture="bidirectional")
     assert export.main(["--model", str(bidir), "--out", str(tmp_path / "exp")]) == 0
@@ -149,4 +171,4 @@ def test_cli_and_non_causal(tmp_path, capsys):
     )
     np.testing.assert_allclose(got["enhanced"].numpy(), enhance.Enhancer.from_pretrained(bidir)(x), atol=1e-4)
     with pytest.raises(utils.PipelineError, match="not causal"):
-        export.TFLiteEnhancer.from_export(tmp_path / "exp")
+        enhance.TFLiteEnhancer.from_export(tmp_path / "exp")

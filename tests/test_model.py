@@ -261,6 +261,7 @@ def test_loss_from_config(tmp_path, rng):
     np.testing.assert_allclose(M.loss_from_config(cfg)(S, S_hat).numpy(), expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss(tmp_path, rng):
     """A full train step (features, model, complex product, loss, Adam) in a tf.function learns."""
     cfg = make_cfg(tmp_path, lookahead_frames=1)
@@ -308,7 +309,7 @@ def test_streaming_equals_whole_clip(tmp_path, rng, lookahead, frames):
     for _ in range(2):  # flush() resets, so a second clip gives the same result
         out = [stream.step(frame) for frame in x[0]]
         assert all(m is None for m in out[:lookahead])  # the lookahead fills first
-        masks = [m for m in out if m is not None] + stream.flush()
+        masks = [m for m in out if m is not None] + list(stream.flush())
         assert len(masks) == frames
         np.testing.assert_allclose(np.stack(masks), whole, atol=1e-4)
 

@@ -95,6 +95,7 @@ def test_stft_three_shards_merge_to_the_cache_of_one_build(tmp_path, capsys):
     assert not list(three.parent.glob("*shard*"))
 
 
+@pytest.mark.slow
 def test_evaluate_three_shards_merge_to_the_results_of_one_run(tmp_path, capsys):
     import evaluate
     import model

@@ -466,6 +466,23 @@ def test_other_sample_rate_is_resampled(tmp_path):
         np.testing.assert_array_equal(cache.example(i)[0], STFT.stft(x, P))
 
 
+def test_mixtures_at_another_rate_than_stft_are_refused(data):
+    """data_prep's record beside the manifests (data_prep_config.ini) says the mixtures' rate: it must be
+    [STFT] sample_rate, else one line naming both files and values (hand-made audio is resampled)."""
+    cfg, root = data
+    made_by = root / "data_prep_config.ini"
+    made_by.write_text(utils.DATA_CONFIG.read_text().replace("sample_rate = 16000", "sample_rate = 8000"))
+    with pytest.raises(utils.PipelineError) as e:
+        STFT.build_cache(cfg, "training", workers=1)
+    assert str(e.value) == (
+        f"{made_by}: [data] sample_rate=8000 differs from {cfg.source}: [STFT] sample_rate=16000; "
+        "make them equal"
+    )
+    assert not STFT.cache_dir(cfg, "training").exists()
+    made_by.write_text(utils.DATA_CONFIG.read_text())
+    assert STFT.load_cache(STFT.build_cache(cfg, "training", workers=1)).params.sample_rate == SR
+
+
 def test_output_does_not_depend_on_workers(tmp_path):
     make_dataset(tmp_path / "data", tuple(0.3 + 0.05 * i for i in range(20)))
     cfg_path = write_config(tmp_path)

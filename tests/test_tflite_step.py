@@ -54,7 +54,7 @@ def test_default_stream_is_tflite_and_equals_keras_step(tmp_path, lookahead, use
 
     feats = STFT.features(STFT.stft(noisy(0.8037, 40), lite.sp), lite.fp, lite.sp)
     ref = M.StreamingMask(lite.model, lite.cfg)
-    want = [m for m in map(ref.step, feats) if m is not None] + ref.flush()
+    want = [m for m in map(ref.step, feats) if m is not None] + list(ref.flush())
     got = [m for m in map(runner.step, feats) if m is not None] + list(runner.flush())
     assert len(got) == len(want) == len(feats)
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=ATOL, rtol=0)
@@ -131,6 +131,7 @@ def test_cli_engine_keras_equals_default(tmp_path, capsys, user_cache):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_engine_streams_the_tflite_step(tmp_path, user_cache):
     """evaluate.py --engine tflite: each file streamed through the step, equal to the Keras estimate."""
     from conftest import make_test_set

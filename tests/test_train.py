@@ -197,6 +197,16 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     held = summary["excluding_validation_files"]
     assert held["n_excluded"] == 2 and held["n_files"] == 1
     assert held["results"]["model"]["si_sdr"]["n"] == 1
+    # ... through the same scoring (metrics.score on the istft of the model's spectrum): its scores of
+    # the two validation files average to what validation recorded for best/'s weights
+    with open(tmp_path / "eval" / "results.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["index"] in ("0", "1")]
+    for system, suffix in (("model", ""), ("noisy", "_noisy")):
+        for key in ("sdr", "si_sdr", "snr"):
+            mean = np.mean([float(r[key]) for r in rows if r["system"] == system])
+            assert mean == pytest.approx(metrics_json["validation"][key + suffix], abs=1e-3), (system, key)
+    snri = np.mean([float(r["snri"]) for r in rows if r["system"] == "model"])
+    assert snri == pytest.approx(metrics_json["validation"]["snri"], abs=1e-3)
 
     # TensorBoard: step scalars, epoch scalars (train and validation), audio and images
     tr = read_events(Path(cfg["paths"]["log_dir"]) / "run" / "train")
@@ -485,13 +495,12 @@ def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, t
 REPLICA_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import STFT, train, utils
-    cfg = utils.load_config(sys.argv[2])
+    cfg = utils.load_config(sys.argv[1])
     params = train.TrainParams.from_config(cfg)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
     batch = train.load_crops(cache, np.arange(4), np.array([0, 5, 0, 9]), train.crop_frames(cfg, params))
@@ -514,7 +523,7 @@ REPLICA_SCRIPT = textwrap.dedent(
             out[f"{name}_weight{i}"] = w
         for i, v in enumerate(trainer.optimizer.variables):  # Adam's moments see the gradient scale
             out[f"{name}_opt{i}"] = np.array(v)
-    np.savez(sys.argv[3], **out)
+    np.savez(sys.argv[2], **out)
     # the whole loop under MirroredStrategy: distributed dataset, validation, checkpoints
     folder = train.train(cfg, "mirrored", strategy="mirrored", progress=False)
     print("history", (folder / "history.jsonl").read_text().strip())
@@ -531,8 +540,8 @@ def test_two_replicas_give_the_loss_and_gradients_of_one(data_root, tmp_path):
     )  # fmt: skip
     out = tmp_path / "replicas.npz"
     result = subprocess.run(
-        [sys.executable, "-c", REPLICA_SCRIPT, str(ROOT), str(cfg_path), str(out)],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", REPLICA_SCRIPT, str(cfg_path), str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # -c: the current folder is on sys.path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     r = np.load(out)
@@ -941,6 +950,7 @@ def test_plateau_rule():
     assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_and_a_resume_does_not_restart_it(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root, epochs="6", patience="1", min_delta="1000")
     folder = train.train(cfg, "run", progress=False)

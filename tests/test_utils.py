@@ -101,7 +101,6 @@ def test_worker_dies_with_its_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import multiprocessing, os, sys, time\n"
-        f"sys.path.insert(0, {str(utils.ROOT)!r})\n"
         "import utils\n"
         "def child(ppid):\n"
         "    utils.die_with_parent(ppid)\n"
@@ -112,7 +111,8 @@ def test_worker_dies_with_its_parent(tmp_path):
         "    print(p.pid, flush=True)\n"
         "    time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(utils.ROOT)}  # the script lives in tmp_path, not the repository
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     child = int(parent.stdout.readline())
     time.sleep(0.5)
     os.kill(parent.pid, signal.SIGKILL)
