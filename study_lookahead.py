@@ -4,6 +4,7 @@ much lookahead buys back (the paper's central question), in one command.
     python study_lookahead.py [--config config.ini] [--set section.key=value ...]
                               [--lookaheads 0,1,2,5,10,20] [--no-bidirectional]
                               [--extra-seeds S,... [--extra-seed-lookaheads 0,20]]
+                              [--context-lookaheads L,...]
                               [--baselines rnnoise,deepfilternet]
                               [--epochs E | --budget-minutes M] [--out results/lookahead]
                               [--limit N] [--workers N] [--no-oracles] [--quick] [--overwrite]
@@ -116,6 +117,7 @@ class Entry:
     out: Path  # evaluation folder <out>/runs/<label>
     seed: int
     label: str  # name in the table: the run name, plus _seed<S> for an --extra-seeds run
+    mode: str = "delay"  # [model] lookahead_mode of a causal model
 
     @property
     def run_dir(self) -> Path:
@@ -165,26 +167,36 @@ def _set(cfg, section: str, key: str, value) -> None:
 
 
 def make_entries(
-    cfg, study: str, lookaheads: list[int], bidirectional: bool, out: Path, seed: int | None = None
+    cfg,
+    study: str,
+    lookaheads: list[int],
+    bidirectional: bool,
+    out: Path,
+    seed: int | None = None,
+    context: list[int] = (),
 ) -> list[Entry]:
-    """The causal model at each lookahead, then the bidirectional one; runs under <dir>/<study>/.
-    seed: another [train] seed for the same models, run under <dir>/<study>_seed<seed>/ and labelled
-    <name>_seed<seed> (the study's own seed is [train] seed)."""
-    specs = [(f"lookahead_{L:02d}", "causal", L) for L in lookaheads]
-    if bidirectional:
-        specs.append(("bidirectional", "bidirectional", 0))  # lookahead is ignored: keep the hash stable
+    """The causal model at each lookahead, then the bidirectional one, then the causal model with
+    each `context` lookahead given as input ([model] lookahead_mode = context, named context_LL);
+    runs under <dir>/<study>/. seed: another [train] seed for the same models, run under
+    <dir>/<study>_seed<seed>/ and labelled <name>_seed<seed> (the study's own seed is [train] seed)."""
+    specs = [(f"lookahead_{L:02d}", "causal", L, "delay") for L in lookaheads]
+    if bidirectional:  # lookahead is ignored: keep the hash stable
+        specs.append(("bidirectional", "bidirectional", 0, "delay"))
+    specs += [(f"context_{L:02d}", "causal", L, "context") for L in context]
     folder = study if seed is None else f"{study}_seed{seed}"
     entries = []
-    for name, arch, L in specs:
+    for name, arch, L, mode in specs:
         c = copy_config(cfg)
         for key in ("checkpoint_dir", "log_dir", "enhanced_dir"):
             _set(c, "paths", key, utils.get_path(cfg, key) / folder)
         _set(c, "model", "architecture", arch)
         _set(c, "model", "lookahead_frames", L)
+        _set(c, "model", "lookahead_mode", mode)
         if seed is not None:
             _set(c, "train", "seed", seed)
         label = name if seed is None else f"{name}_seed{seed}"
-        entries.append(Entry(name, arch, L, c, out / "runs" / label, c.getint("train", "seed"), label))
+        seed_of = c.getint("train", "seed")
+        entries.append(Entry(name, arch, L, c, out / "runs" / label, seed_of, label, mode))
     return entries
 
 
@@ -569,6 +581,7 @@ def collect(entries: list[Entry], records: dict, study: dict, references: Path |
             "kind": "model",
             "architecture": e.architecture,
             "lookahead_frames": e.lookahead if e.causal else None,
+            "lookahead_mode": e.mode if e.causal else None,
             "seed": e.seed,
             "algorithmic_latency_ms": fig["algorithmic_latency_ms"],
             "latency": "offline" if not e.causal else f"{fig['algorithmic_latency_ms']:g} ms",
@@ -662,7 +675,10 @@ def format_table(results: dict) -> str:
         lat = s.get("algorithmic_latency_ms")
         if s["kind"] == "model":
             cells += [
-                "-" if s["lookahead_frames"] is None else str(s["lookahead_frames"]),
+                "-"
+                if s["lookahead_frames"] is None
+                else f"{s['lookahead_frames']}"
+                + (" (input)" if s.get("lookahead_mode") == "context" else ""),
                 "offline" if lat is None or not math.isfinite(lat) else f"{lat:g}",
                 f"{s['parameters']:,}",
                 f"{s['macs_per_frame'] / 1e6:.3f} M",
@@ -722,11 +738,14 @@ def plot(results: dict, path: Path) -> None:
     systems = results["systems"]
     seed = results["seed"]
     models = [s for s in systems if s["kind"] == "model"]
-    causal = sorted(
-        (s for s in models if s["lookahead_frames"] is not None and s.get("seed", seed) == seed),
-        key=lambda s: s["lookahead_frames"],
+    delayed = [
+        s for s in models if s["lookahead_frames"] is not None and s.get("lookahead_mode") != "context"
+    ]
+    causal = sorted((s for s in delayed if s.get("seed", seed) == seed), key=lambda s: s["lookahead_frames"])
+    others = [s for s in delayed if s.get("seed", seed) != seed]
+    context = sorted(
+        (s for s in models if s.get("lookahead_mode") == "context"), key=lambda s: s["lookahead_frames"]
     )
-    others = [s for s in models if s["lookahead_frames"] is not None and s.get("seed", seed) != seed]
     bidirs = [s for s in models if s["lookahead_frames"] is None]
     baselines = [s for s in systems if s["kind"] == "baseline" and s["algorithmic_latency_ms"] is not None]
     noisy = next(s for s in systems if s["kind"] == "input")
@@ -745,6 +764,11 @@ def plot(results: dict, path: Path) -> None:
                 if math.isfinite(yi):
                     ax.annotate(f"L={s['lookahead_frames']}", (xi, yi), textcoords="offset points",
                                 xytext=(4, 4), fontsize=8)  # fmt: skip
+        if context:
+            cx, cy = [s["algorithmic_latency_ms"] for s in context], [_mean(s, k) for s in context]
+            ax.plot(
+                cx, cy, marker="^", linestyle="none", color="C6", label="causal, lookahead as input (context)"
+            )
         if others:
             ax.scatter([s["algorithmic_latency_ms"] for s in others], [_mean(s, k) for s in others],
                        facecolors="none", edgecolors="C0", label="causal model, other seed")  # fmt: skip
@@ -834,6 +858,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="causal lookaheads retrained with --extra-seeds (default 0,20)",
     )
     parser.add_argument(
+        "--context-lookaheads",
+        default="",
+        metavar="L[,L...]",
+        help="also train the causal model with these lookaheads given as input ([model] lookahead_mode = "
+        "context: frames t..t+L filtered before the LSTMs, no output delay), named context_LL",
+    )
+    parser.add_argument(
         "--baselines",
         help="also score these on the same test files and place them at their published latency "
         "(any of noisereduce, rnnoise, deepfilternet; `make peers`)",
@@ -889,7 +920,8 @@ def main(argv=None) -> int:
     )
     seeds = parse_seeds(args.extra_seeds)
     seed_lookaheads = parse_lookaheads(args.extra_seed_lookaheads)
-    if not lookaheads and args.no_bidirectional:
+    context = [L for L in parse_lookaheads(args.context_lookaheads) if L > 0]  # context L=0 is lookahead_00
+    if not lookaheads and args.no_bidirectional and not args.context_lookaheads:
         raise utils.PipelineError("study_lookahead.py: nothing to train (no lookaheads, --no-bidirectional)")
     bad_epochs = args.epochs is not None and args.epochs < 1
     if bad_epochs or args.budget_minutes is not None and not args.budget_minutes > 0:
@@ -914,7 +946,7 @@ def main(argv=None) -> int:
     if params.seed in seeds:
         raise utils.PipelineError(f"--extra-seeds: {params.seed} is the study's own [train] seed")
     baselines = parse_baselines(args.baselines)
-    entries = make_entries(cfg, study, lookaheads, not args.no_bidirectional, out)
+    entries = make_entries(cfg, study, lookaheads, not args.no_bidirectional, out, context=context)
     for seed in seeds:
         entries += make_entries(cfg, study, seed_lookaheads, not args.no_bidirectional, out, seed)
     if not entries:

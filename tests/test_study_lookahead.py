@@ -154,7 +154,8 @@ def test_quick_study_end_to_end_then_noop(tiny_data, tmp_path):
     own_seed = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--extra-seeds", "1234")
     assert own_seed.returncode == 2 and "own [train] seed" in own_seed.stderr
     seeded = run_study("--config", tiny_data, "--quick", "--out", out_dir, "--no-progress",
-                       "--extra-seeds", "7", "--extra-seed-lookaheads", "0")  # fmt: skip
+                       "--extra-seeds", "7", "--extra-seed-lookaheads", "0",
+                       "--context-lookaheads", "2")  # fmt: skip
     assert seeded.returncode == 0, seeded.stdout[-3000:] + seeded.stderr[-3000:]
     assert seeded.stdout.count("not retrained") == 3
     r = json.loads((out_dir / "results.json").read_text())
@@ -162,6 +163,11 @@ def test_quick_study_end_to_end_then_noop(tiny_data, tmp_path):
     assert {"lookahead_00_seed7", "bidirectional_seed7"} < set(models) and r["extra_seeds"] == [7]
     assert models["lookahead_00_seed7"]["seed"] == 7 and models["lookahead_00"]["seed"] == 1234
     assert models["lookahead_00_seed7"]["delta_reference"] == "bidirectional_seed7"
+    # the lookahead as input: its own run, the same latency as lookahead_02, no extra seed
+    assert models["context_02"]["lookahead_mode"] == "context" and models["context_02"]["seed"] == 1234
+    assert models["context_02"]["algorithmic_latency_ms"] == models["lookahead_02"]["algorithmic_latency_ms"]
+    assert models["context_02"]["parameters"] > models["lookahead_02"]["parameters"]
+    assert "| context_02 | 2 (input) | 45 |" in (out_dir / "table.md").read_text()
     assert (utils.get_path(cfg, "checkpoint_dir") / "study_lookahead_quick_seed7/lookahead_00/best").is_dir()
     assert set(r["seeds"]) == {"lookahead_00", "bidirectional"}
     assert r["seeds"]["lookahead_00"]["seed_difference_si_sdr"]["n"] == 2
