@@ -596,6 +596,9 @@ def collect(entries: list[Entry], records: dict, study: dict, references: Path |
             "validation_si_sdr": [(h.get("validation") or {}).get("si_sdr") for h in hist],
             # the smooth signal beside the noisy validation: mean training loss per epoch
             "train_loss": [h.get("train_loss") for h in hist],
+            "train_loss_change_last_epoch": (
+                hist[-1]["train_loss"] / hist[-2]["train_loss"] - 1.0 if len(hist) > 1 else None
+            ),
             "metrics": means(part(summaries[e.label])["results"]["model"]),
             "run_dir": str(e.run_dir),
             "evaluation_dir": str(e.out),
@@ -657,9 +660,15 @@ def format_table(results: dict) -> str:
             f'validations gained <= {results["min_delta"]:g} dB SI-SDR ("converged")'
             + (f", not before epoch {results['min_epochs']}" if results.get("min_epochs") else "")
             + "; batch "
-            if results.get("patience")
+            if _stops_early(results)
             else f"Every model: {results['epochs']} epoch(s), {results['optimizer_steps']} optimizer steps "
-            "of batch "
+            + (
+                f'("converged": its last {results["patience"]} validations gained <= '
+                f"{results['min_delta']:g} dB SI-SDR over the best before them)"
+                if results.get("patience")
+                else ""
+            )
+            + " of batch "
         )
         + f"{results['batch_size']}, seed {results['seed']}, {clips}. "
         f"Scores: mean over {ev['n_files']} test files ({ev['files']}); "
@@ -667,8 +676,9 @@ def format_table(results: dict) -> str:
         "half-width. Baselines at their published latency (window + lookahead).\n",
         "| system | lookahead (frames) | latency (ms) | parameters | MACs/frame | "
         + " | ".join(label for _, label in COLUMNS)
-        + " | ΔSI-SDR vs bidirectional (dB) | train time (min) | steps (converged) |",
-        "|---" * (len(COLUMNS) + 8) + "|",
+        + " | ΔSI-SDR vs bidirectional (dB) | train time (min) | steps (converged) "
+        + "| Δ train loss, last epoch |",
+        "|---" * (len(COLUMNS) + 9) + "|",
     ]
     for s in results["systems"]:
         cells = [s["name"]]
@@ -693,8 +703,10 @@ def format_table(results: dict) -> str:
         cells.append(f"{s['train_seconds'] / 60:.1f}" if s["kind"] == "model" else "-")
         if s["kind"] == "model":
             cells.append(f"{s['optimizer_steps']} ({'yes' if s.get('converged') else 'no'})")
+            change = s.get("train_loss_change_last_epoch")
+            cells.append("-" if change is None else f"{100 * change:+.1f}%")
         else:
-            cells.append("-")
+            cells += ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = results.get("seeds") or {}
     if seeds:
@@ -720,8 +732,13 @@ def _mean(s, k) -> float:
     return math.nan if m is None else m
 
 
+def _stops_early(results: dict) -> bool:
+    """The convergence rule may end a run before the epoch limit (else it is only checked after)."""
+    return bool(results.get("patience")) and results.get("min_epochs", 0) < results["epochs"]
+
+
 def _budget_words(results: dict) -> str:
-    if results.get("patience"):
+    if _stops_early(results):
         return f"to convergence, at most {results['epochs']} epochs"
     return f"{results['epochs']} epoch(s) per model"
 
