@@ -46,6 +46,8 @@ BASE_SETS = (
     "train.lr_halving_steps=1000",
     "train.checkpoint_steps=500",
 )
+# A run from random weights instead (the from-scratch candidates): stage 1's learning rate.
+SCRATCH_SETS = ("train.init_weights=", "train.learning_rate=1e-3")
 NOISE_AUG = "train.augment=eq,reverb,noise2,tilt,modulate,transient"
 # name -> (what it tests, its settings on top of BASE_SETS)
 START = "start"  # the shipped model itself, untouched: the point every recipe starts from
@@ -64,6 +66,12 @@ RECIPES = {
     "noiseaug_snr-10": ("noiseaug with SNR -10..15 dB", (NOISE_AUG, "data.SNR_lower=-10")),
     "noiseaug_lr1e-3": ("noiseaug at learning rate 1e-3", (NOISE_AUG, "train.learning_rate=1e-3")),
     "noiseaug_lam0.3": ("noiseaug with loss weight lam 0.3 (complex term)", (NOISE_AUG, "loss.lam=0.3")),
+    # From random weights (architecture and loss candidates cannot start from the shipped weights);
+    # compare them with --reference scratch.
+    "scratch": ("base from random weights, lr 1e-3 halving every 1000 steps", SCRATCH_SETS),
+    "scratch_deep": ("scratch with 3 LSTM layers (x1.35 MACs)", (*SCRATCH_SETS, "model.lstm_layers=3")),
+    "scratch_wide": ("scratch with 320 LSTM units (x1.35 MACs)", (*SCRATCH_SETS, "model.lstm_units=320")),
+    "scratch_lam0.3": ("scratch with loss weight lam 0.3 (complex term)", (*SCRATCH_SETS, "loss.lam=0.3")),
 }
 TEST_FILES = 200
 METRICS = ("si_sdr", "sdr", "pesq", "stoi")
