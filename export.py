@@ -45,7 +45,6 @@ METADATA = tflite_step.EXPORT_METADATA
 
 # ----------------------------------------------------------------------------- export (needs TensorFlow)
 
-_state_names = tflite_step.state_names
 _step_function = tflite_step.step_function
 
 
@@ -162,7 +161,6 @@ def export(model_dir, out, quantize: bool = False) -> dict:
         },
     }
     if p.causal:
-        names = _state_names(p.lstm_layers)
         files = {"float32": FLOAT_FILE, **({"dynamic_range_int8": QUANT_FILE} if quantize else {})}
         for kind, name in files.items():
             with utils.atomic_write(out / name, "wb") as f:
@@ -172,8 +170,8 @@ def export(model_dir, out, quantize: bool = False) -> dict:
             "signature": "serving_default",
             **_tflite_io(out / FLOAT_FILE),
             "states": [
-                {"input": n, "output": f"{n}_out", "shape": [1, p.lstm_units], "initial": "zeros"}
-                for n in names
+                {"input": n, "output": f"{n}_out", "shape": [1, size], "initial": "zeros"}
+                for n, size in M.state_specs(cfg)
             ],
             "lookahead": "output n is the mask of frame n - L: delay the STFT frames by L, drop the first L "
             "outputs, feed L zero frames at the end of a stream",

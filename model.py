@@ -37,6 +37,7 @@ import numpy as np
 import STFT
 import streaming
 import utils
+from recurrent import FastGRU, FastLSTM
 
 utils.quiet_tensorflow()
 import keras  # noqa: E402  (after quiet_tensorflow)
@@ -48,6 +49,11 @@ ARCHITECTURES = ("causal", "bidirectional", "seed")
 # (the paper's delayed output); context = each frame's projection is filtered over frames t..t+L
 # before the LSTMs (the future as input; the lookahead study's variant, offline only).
 LOOKAHEAD_MODES = ("delay", "context")
+CELLS = ("lstm", "gru")
+# [model] input_norm: the running mean of |Xc| per bin starts at INPUT_NORM_START (about the mean |Xc| of
+# the test mixtures at data_prep's levels) and forgets with time constant INPUT_NORM_SECONDS.
+INPUT_NORM_START = 0.5
+INPUT_NORM_SECONDS = 1.0
 WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.ini"
 
@@ -61,8 +67,10 @@ class ModelParams:
     lookahead_frames: int = 0
     lookahead_mode: str = "delay"
     projection_units: int = 256
+    cell: str = "lstm"
     lstm_units: int = 256
     lstm_layers: int = 2
+    input_norm: bool = False
     dense_units: int = 256
     dense_layers: int = 1
     mask_bound: float = 2.0
@@ -75,7 +83,8 @@ class ModelParams:
     def from_config(cls, cfg) -> ModelParams:
         m = cfg["model"] if cfg.has_section("model") else {}
         d = cls()
-        kw = {k: str(m.get(k, getattr(d, k))).strip().lower() for k in ("architecture", "lookahead_mode")}
+        words = ("architecture", "lookahead_mode", "cell")  # the keys that name a choice
+        kw = {k: str(m.get(k, getattr(d, k))).strip().lower() for k in words}
         for name in cls.__dataclass_fields__:
             if name in kw:
                 continue
@@ -107,6 +116,12 @@ class ModelParams:
                 f"{src}: [model] lookahead_mode={self.lookahead_mode!r}: expected one of "
                 + ", ".join(LOOKAHEAD_MODES)
             )
+        if self.cell not in CELLS:
+            raise utils.PipelineError(
+                f"{src}: [model] cell={self.cell!r}: expected one of " + ", ".join(CELLS)
+            )
+        if self.input_norm and not self.causal:
+            raise utils.PipelineError(f"{src}: [model] input_norm needs architecture=causal")
         if self.mask_bound <= 0:
             raise utils.PipelineError(f"{src}: [model] mask_bound must be > 0")
         sizes = ("projection_units", "lstm_units", "lstm_layers", "dense_units", "seed_conv_filters")
@@ -194,6 +209,40 @@ class TimePad(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="se")
+class CausalInputNorm(layers.Layer):
+    """Streaming-safe per-bin normalisation of the compressed spectrum: channels 0 and 1 (Re, Im of Xc)
+    are divided by m_t = a m_(t-1) + (1 - a) |Xc_t|, a running mean over time (per bin, per clip) that
+    starts at `start`; the other channels pass. The mask is still applied to the unnormalised X, so the
+    network sees level- and tilt-free inputs and no gain needs undoing.
+
+    x (B, T, F, C) -> same shape; or [x, state (B, F)] -> [y, state'], the state being m - start (zeros =
+    a fresh clip), so that blocks and single frames continue exactly where the last call stopped.
+    """
+
+    def __init__(self, alpha: float, start: float = INPUT_NORM_START, eps: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.start, self.eps = float(alpha), float(start), float(eps)
+
+    def call(self, inputs):
+        stateful = isinstance(inputs, (list, tuple))
+        x, state = inputs if stateful else (inputs, None)
+        mag = tf.sqrt(tf.square(x[..., 0]) + tf.square(x[..., 1]))  # (B, T, F)
+        m0 = (tf.zeros_like(mag[:, 0]) if state is None else state) + self.start
+        a = self.alpha
+        means = tf.scan(lambda m, v: a * m + (1 - a) * v, tf.transpose(mag, [1, 0, 2]), initializer=m0)
+        means = tf.transpose(means, [1, 0, 2])
+        scale = 1.0 / (means + self.eps)
+        y = tf.concat([x[..., :2] * scale[..., None], x[..., 2:]], axis=-1)
+        return [y, means[:, -1] - self.start] if stateful else y
+
+    def compute_output_shape(self, s):
+        return [s[0], s[1]] if isinstance(s, (list, tuple)) and isinstance(s[0], (list, tuple)) else s
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "start": self.start, "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="se")
 class TimeDrop(layers.Layer):
     """Drops the first `frames` frames (axis 1): output t becomes network frame t + frames."""
 
@@ -209,134 +258,6 @@ class TimeDrop(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "frames": self.frames}
-
-
-def _lstm_forward(z, h0, c0, U):
-    """LSTM recurrence over time-major pre-activations z = x @ W + b (T, B, 4u), Keras gate order
-    (i, f, c, o), sigmoid / tanh. Returns hs, cs and the gate values the backward pass needs."""
-
-    def step(carry, z_t):
-        g = z_t + tf.matmul(carry[0], U)
-        i, f, cand, o = tf.split(g, 4, axis=-1)
-        i, f, o, cand = tf.sigmoid(i), tf.sigmoid(f), tf.sigmoid(o), tf.tanh(cand)
-        c = f * carry[1] + i * cand
-        tc = tf.tanh(c)
-        return (o * tc, c, i, f, cand, o, tc)
-
-    zeros = tf.zeros_like(h0)
-    return tf.scan(step, z, initializer=(h0, c0, zeros, zeros, zeros, zeros, zeros))
-
-
-def _lstm_backward(dhs, dc_last, h0, c0, hs, cs, i, f, cand, o, tc, U):
-    """Backward of _lstm_forward: a reverse scan that only carries dh, dc and emits dz per step; the
-    recurrent kernel's gradient is one matmul over all steps (not a per-step accumulation)."""
-    units = tf.shape(h0)[-1]  # dynamic: a reduce_retracing trace may not know the static size
-    c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
-
-    def step(carry, elems):
-        dh_t, i_t, f_t, cand_t, o_t, tc_t, cp_t = elems
-        dh = dh_t + carry[0]
-        dc = carry[1] + dh * o_t * (1 - tc_t * tc_t)
-        dz = tf.concat(
-            [
-                dc * cand_t * i_t * (1 - i_t),
-                dc * cp_t * f_t * (1 - f_t),
-                dc * i_t * (1 - cand_t * cand_t),
-                dh * tc_t * o_t * (1 - o_t),
-            ],
-            axis=-1,
-        )
-        return (tf.matmul(dz, U, transpose_b=True), dc * f_t, dz)
-
-    init = (tf.zeros_like(h0), dc_last, tf.zeros([tf.shape(h0)[0], 4 * units], h0.dtype))
-    dh0, dc0, dz = tf.scan(step, (dhs, i, f, cand, o, tc, c_prev), initializer=init, reverse=True)
-    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
-    dU = tf.matmul(tf.reshape(h_prev, [-1, units]), tf.reshape(dz, [-1, 4 * units]), transpose_a=True)
-    return dz, dh0[0], dc0[0], dU
-
-
-# XLA fuses the ~20 small element-wise ops of each step: ~3x less CPU per training step. Compiled once
-# per (T, B) shape, so it is used for training (fixed crops) only; inference keeps T fully dynamic.
-_lstm_forward_xla = tf.function(_lstm_forward, jit_compile=True, autograph=False, reduce_retracing=True)
-_lstm_backward_xla = tf.function(_lstm_backward, jit_compile=True, autograph=False, reduce_retracing=True)
-
-
-def _lstm_train_scan(z, h0, c0, U):
-    """(hs (T, B, u), c_last) with a hand-written gradient; both loops XLA-compiled."""
-
-    # The compiled calls get stop_gradient'ed inputs so that no tape records them (their own autodiff
-    # through XLA loops is unsupported, and custom_gradient supplies the gradient anyway).
-    stop = tf.nest.map_structure
-
-    @tf.custom_gradient
-    def run(z, h0, c0, U):
-        hs, cs, *gates = _lstm_forward_xla(*stop(tf.stop_gradient, (z, h0, c0, U)))
-
-        def grad(dhs, dc_last):
-            dhs = tf.zeros_like(hs) if dhs is None else dhs
-            dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
-            args = stop(tf.stop_gradient, (dhs, dc_last, h0, c0, hs, cs, *gates, U))
-            return _lstm_backward_xla(*args)
-
-        return (hs, cs[-1]), grad
-
-    return run(z, h0, c0, U)
-
-
-def _lstm_infer_scan(z, h0, c0, U):
-    """(hs (T, B, u), c_last): the lean forward loop (no saved gates), any T without recompiling."""
-
-    def step(carry, z_t):
-        i, f, cand, o = tf.split(z_t + tf.matmul(carry[0], U), 4, axis=-1)
-        c = tf.sigmoid(f) * carry[1] + tf.sigmoid(i) * tf.tanh(cand)
-        return (tf.sigmoid(o) * tf.tanh(c), c)
-
-    hs, cs = tf.scan(step, z, initializer=(h0, c0))
-    return hs, cs[-1]
-
-
-@keras.saving.register_keras_serializable(package="se")
-class FastLSTM(layers.LSTM):
-    """keras LSTM (same weights, same cell, same results) with a faster CPU loop.
-
-    Stock Keras multiplies each step's input by the kernel inside the time loop and lets autodiff
-    accumulate the recurrent kernel's gradient step by step. Here x @ W + b is one matmul over all
-    frames, the loop only does h @ U, and in training the loop and its hand-written backward are
-    XLA-compiled (`xla=True`). Falls back to Keras' own loop for masks, dropout, non-default
-    activations and GPUs (cuDNN). `self.cell` is the standard LSTMCell, so the streaming step calls it
-    directly (the cell is renamed after the layer so a step model calling several cells has unique
-    operation names).
-    """
-
-    def __init__(self, units, xla: bool = True, **kwargs):
-        super().__init__(units, **kwargs)
-        self.xla = bool(xla)
-        self.cell.name = f"{self.name}_cell"
-
-    def get_config(self):
-        return {**super().get_config(), "xla": self.xla}
-
-    def _fast_path(self, mask, training) -> bool:
-        cell = self.cell
-        gpu = self.use_cudnn in ("auto", True) and bool(tf.config.list_logical_devices("GPU"))
-        dropout = training and (self.dropout or self.recurrent_dropout)
-        default_acts = cell.activation is keras.activations.tanh and (
-            cell.recurrent_activation is keras.activations.sigmoid
-        )
-        return mask is None and not gpu and not dropout and not self.unroll and default_acts and cell.use_bias
-
-    def inner_loop(self, sequences, initial_state, mask, training=False):
-        if not self._fast_path(mask, training):
-            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
-        cell = self.cell
-        z = tf.transpose(tf.matmul(sequences, cell.kernel) + cell.bias, [1, 0, 2])  # time-major
-        if self.go_backwards:  # Keras semantics: process reversed, emit in processing order
-            z = tf.reverse(z, [0])
-        scan = _lstm_train_scan if (training and self.xla) else _lstm_infer_scan
-        hs, c_last = scan(z, initial_state[0], initial_state[1], tf.convert_to_tensor(cell.recurrent_kernel))
-        h_last = hs[-1]
-        outputs = tf.transpose(hs, [1, 0, 2]) if self.return_sequences else h_last
-        return h_last, outputs, [h_last, c_last]
 
 
 # ----------------------------------------------------------------------------- builders
@@ -362,21 +283,46 @@ def _init_mask_bias(model: keras.Model, p: ModelParams) -> None:
     layer.bias.assign(bias)
 
 
+RNN_LAYERS = {"lstm": FastLSTM, "gru": FastGRU}
+
+
+def rnn_layer_name(p: ModelParams, i: int) -> str:
+    """Name of the i-th causal recurrent layer (lstm_i or gru_i)."""
+    return f"{p.cell}_{i}"
+
+
 def _recurrent_stack(x, p: ModelParams, bidirectional: bool):
+    rnn = RNN_LAYERS[p.cell]
     for i in range(p.lstm_layers):
         if bidirectional:
             x = layers.Bidirectional(
-                FastLSTM(p.lstm_units, xla=p.xla_lstm, return_sequences=True), name=f"blstm_{i}"
+                rnn(p.lstm_units, xla=p.xla_lstm, return_sequences=True), name=f"b{rnn_layer_name(p, i)}"
             )(x)
         else:
-            x = FastLSTM(p.lstm_units, xla=p.xla_lstm, return_sequences=True, name=f"lstm_{i}")(x)
+            x = rnn(p.lstm_units, xla=p.xla_lstm, return_sequences=True, name=rnn_layer_name(p, i))(x)
     return x
 
 
-def _build_recurrent(p: ModelParams, n_bins: int, channels: int) -> keras.Model:
+def input_norm_alpha(cfg) -> float:
+    """Per-frame forgetting factor of CausalInputNorm: exp(-hop / INPUT_NORM_SECONDS)."""
+    sp, _ = _signal_params(cfg)
+    return math.exp(-sp.hop / sp.sample_rate / INPUT_NORM_SECONDS)
+
+
+def state_specs(cfg) -> list[tuple[str, int]]:
+    """The streaming state of a causal model, in the order every stateful graph takes it: (name, size)
+    for the input norm's running mean (norm, F) if any, then per layer h_i, c_i (LSTM) or h_i (GRU)."""
+    p = ModelParams.from_config(cfg)
+    specs = [("norm", feature_shape(cfg)[0])] if p.input_norm else []
+    kinds = "hc" if p.cell == "lstm" else "h"
+    return specs + [(f"{s}_{i}", p.lstm_units) for i in range(p.lstm_layers) for s in kinds]
+
+
+def _build_recurrent(p: ModelParams, n_bins: int, channels: int, alpha: float) -> keras.Model:
     inp = keras.Input((None, n_bins, channels), name="features")
     lookahead = p.lookahead_frames if p.causal else 0
-    x = TimePad(lookahead, name="lookahead_pad")(inp) if lookahead else inp
+    x = CausalInputNorm(alpha, name="input_norm")(inp) if p.input_norm else inp
+    x = TimePad(lookahead, name="lookahead_pad")(x) if lookahead else x
     x = layers.Reshape((-1, n_bins * channels), name="flatten_bins")(x)
     x = layers.Dense(p.projection_units, activation="relu", name="projection")(x)
     if p.future_context:  # T + L padded frames -> T: frame t sees projections t..t+L
@@ -417,8 +363,10 @@ def build_model(cfg) -> keras.Model:
     """Features (B, T, F, C) float32 -> bounded complex mask (B, T, F, 2) float32; T is dynamic."""
     p = ModelParams.from_config(cfg)
     n_bins, channels = feature_shape(cfg)
-    builder = _build_seed if p.architecture == "seed" else _build_recurrent
-    model = builder(p, n_bins, channels)
+    if p.architecture == "seed":
+        model = _build_seed(p, n_bins, channels)
+    else:
+        model = _build_recurrent(p, n_bins, channels, input_norm_alpha(cfg))
     _init_mask_bias(model, p)
     return model
 
@@ -555,11 +503,18 @@ def _require_causal(cfg) -> ModelParams:
     return p
 
 
+def _stateful_norm(model: keras.Model, graph: str) -> CausalInputNorm:
+    """The model's input norm for a stateful graph: a twin built from its config (it has no weights;
+    Keras cannot reuse a layer called without state in a graph that calls it with state)."""
+    config = model.get_layer("input_norm").get_config()
+    return CausalInputNorm.from_config({**config, "name": f"{graph}_input_norm"})
+
+
 def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
     """One 10-ms step of a causal model, sharing its layers (and weights), for streaming and TFLite.
 
-    Inputs  [frame (1, F, C), h_0, c_0, h_1, c_1, ...] (each state (1, lstm_units))
-    Outputs [mask (1, F, 2), h_0', c_0', ...]           (network frame n for input frame n)
+    Inputs  [frame (1, F, C), *states] (state_specs: [norm (1, F)], h_0, c_0, h_1, ... each (1, size))
+    Outputs [mask (1, F, 2), *new states]             (network frame n for input frame n)
     Lookahead L is handled outside, as StreamingMask does: discard the first L masks (mask n is
     output frame n - L) and at the end of a stream feed L zero frames to emit the last L masks. Start
     with all-zero states (what Keras uses for a whole clip). Feature frame n is STFT.features(X)[n],
@@ -570,15 +525,19 @@ def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
     p = _require_causal(cfg)
     n_bins, channels = feature_shape(cfg)
     frame = keras.Input(batch_shape=(1, n_bins, channels), name="frame")
-    states = []
-    for i in range(p.lstm_layers):
-        states += [keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}") for s in ("h", "c")]
-    x = layers.Reshape((n_bins * channels,), name="step_flatten")(frame)
+    states = [keras.Input(batch_shape=(1, size), name=name) for name, size in state_specs(cfg)]
+    x, rest, new_states = frame, list(states), []
+    if p.input_norm:
+        x, norm = _stateful_norm(model, "step")([layers.Reshape((1, n_bins, channels))(x), rest.pop(0)])
+        x = layers.Reshape((n_bins, channels))(x)
+        new_states.append(norm)
+    x = layers.Reshape((n_bins * channels,), name="step_flatten")(x)
     x = model.get_layer("projection")(x)
-    new_states = []
+    per_layer = 2 if p.cell == "lstm" else 1
     for i in range(p.lstm_layers):
-        x, (h, c) = model.get_layer(f"lstm_{i}").cell(x, [states[2 * i], states[2 * i + 1]])
-        new_states += [h, c]
+        mine, rest = rest[:per_layer], rest[per_layer:]
+        x, new = model.get_layer(rnn_layer_name(p, i)).cell(x, mine)
+        new_states += list(new) if isinstance(new, (list, tuple)) else [new]
     for i in range(p.dense_layers):
         x = model.get_layer(f"dense_{i}")(x)
     z = layers.Reshape((n_bins, 2), name="step_to_bins")(model.get_layer("mask_logits")(x))
@@ -592,7 +551,7 @@ class StreamingMask(streaming.MaskRunner):
 
     step(frame (F, C) float32) -> mask (F, 2) for input frame n - L, or None while the first L frames
     (the lookahead) fill; flush() feeds L zero frames, exactly like the whole-clip padding, returns the
-    remaining masks (m, F, 2) and resets. The LSTM states (h, c per layer) are carried explicitly
+    remaining masks (m, F, 2) and resets. The states (state_specs) are carried explicitly
     between calls of one tf.function with a fixed signature: ~0.4 ms per 10-ms frame on one core for
     the default model (bench/bench_model.py), mostly call overhead.
     """
@@ -602,10 +561,10 @@ class StreamingMask(streaming.MaskRunner):
         self.lookahead = p.lookahead_frames
         self.n_bins, self.channels = feature_shape(cfg)
         self.step_model = streaming_step_model(model, cfg)
-        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
-        state_specs = tuple(tf.TensorSpec(s, tf.float32) for s in self._state_shapes)
+        self._state_shapes = [(1, size) for _, size in state_specs(cfg)]
+        tensor_specs = tuple(tf.TensorSpec(s, tf.float32) for s in self._state_shapes)
         frame_spec = tf.TensorSpec((self.n_bins, self.channels), tf.float32)
-        self._fn = tf.function(self._step_graph, input_signature=[frame_spec, state_specs])
+        self._fn = tf.function(self._step_graph, input_signature=[frame_spec, tensor_specs])
         self.reset()
 
     def _step_graph(self, frame, states):
@@ -623,30 +582,32 @@ class StreamingMask(streaming.MaskRunner):
 def chunk_model(model, cfg):
     """The causal network on a block of frames with its LSTM states in and out (shared weights).
 
-    Inputs [features (1, T, F, C), h_0, c_0, ...] -> outputs [mask (1, T, F, 2), h_0', c_0', ...], without
-    the lookahead pad/crop (the runner does it). Network frame n of consecutive blocks equals network
-    frame n of the whole clip, because the state is all an LSTM carries from one frame to the next.
+    Inputs [features (1, T, F, C), *states] -> outputs [mask (1, T, F, 2), *new states] (state_specs),
+    without the lookahead pad/crop (the runner does it). Network frame n of consecutive blocks equals
+    network frame n of the whole clip, because the states are all the network carries from one frame to
+    the next. Refuses non-streamable models (bidirectional, lookahead_mode=context).
     """
-    p = ModelParams.from_config(cfg)
+    p = _require_causal(cfg)
     n_bins, channels = feature_shape(cfg)
     feats = keras.Input(batch_shape=(1, None, n_bins, channels), name="chunk")
-    states = [
-        keras.Input(batch_shape=(1, p.lstm_units), name=f"{s}_{i}")
-        for i in range(p.lstm_layers)
-        for s in "hc"
-    ]
-    x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(feats)
+    states = [keras.Input(batch_shape=(1, size), name=name) for name, size in state_specs(cfg)]
+    x, rest, new_states = feats, list(states), []
+    if p.input_norm:
+        x, norm = _stateful_norm(model, "chunk")([x, rest.pop(0)])
+        new_states.append(norm)
+    x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(x)
     x = model.get_layer("projection")(x)
-    new_states = []
+    per_layer = 2 if p.cell == "lstm" else 1
     for i in range(p.lstm_layers):
-        orig = model.get_layer(f"lstm_{i}")
+        mine, rest = rest[:per_layer], rest[per_layer:]
+        orig = model.get_layer(rnn_layer_name(p, i))
         # Same layer class and weights, but returning its final state (Keras layers cannot change that).
-        lstm = orig.__class__.from_config(
-            {**orig.get_config(), "return_state": True, "name": f"chunk_lstm_{i}"}
+        rnn = orig.__class__.from_config(
+            {**orig.get_config(), "return_state": True, "name": f"chunk_rnn_{i}"}
         )
-        x, h, c = lstm(x, initial_state=states[2 * i : 2 * i + 2])
-        lstm.set_weights(orig.get_weights())
-        new_states += [h, c]
+        x, *new = rnn(x, initial_state=mine)
+        rnn.set_weights(orig.get_weights())
+        new_states += new
     for i in range(p.dense_layers):
         x = model.get_layer(f"dense_{i}")(x)
     mask = model.get_layer("mask")(model.get_layer("to_bins")(model.get_layer("mask_logits")(x)))
@@ -655,11 +616,10 @@ def chunk_model(model, cfg):
 
 def chunk_function(model, cfg):
     """tf.function(features (1, T, F, C), states) -> (masks (T, F, 2), states), traced once for any T."""
-    p = ModelParams.from_config(cfg)
     n_bins, channels = feature_shape(cfg)
     net = chunk_model(model, cfg)
     spec = tf.TensorSpec((1, None, n_bins, channels), tf.float32)
-    state_spec = tuple(tf.TensorSpec((1, p.lstm_units), tf.float32) for _ in range(2 * p.lstm_layers))
+    state_spec = tuple(tf.TensorSpec((1, size), tf.float32) for _, size in state_specs(cfg))
 
     def run(feats, states):
         out = net([feats, *states], training=False)
@@ -676,10 +636,10 @@ class KerasChunkRunner(streaming.MaskRunner):
     """
 
     def __init__(self, model: keras.Model, cfg, fn=None):
-        p = ModelParams.from_config(cfg)
+        p = _require_causal(cfg)
         self.lookahead = p.lookahead_frames
         self.n_bins, self.channels = feature_shape(cfg)
-        self._state_shapes = [(1, p.lstm_units)] * (2 * p.lstm_layers)
+        self._state_shapes = [(1, size) for _, size in state_specs(cfg)]
         self._fn = fn or chunk_function(model, cfg)
         self.reset()
 
@@ -706,7 +666,7 @@ def algorithmic_latency_ms(cfg) -> float:
 def _layer_macs(layer) -> int:
     if isinstance(layer, layers.Bidirectional):
         return _layer_macs(layer.forward_layer) + _layer_macs(layer.backward_layer)
-    if isinstance(layer, layers.LSTM):
+    if isinstance(layer, (layers.LSTM, layers.GRU)):
         return int(np.prod(layer.cell.kernel.shape) + np.prod(layer.cell.recurrent_kernel.shape))
     if isinstance(layer, layers.DepthwiseConv1D):  # over time: one output frame per frame
         return int(np.prod(layer.kernel.shape))

@@ -71,6 +71,8 @@ RECIPES = {
     "scratch": ("base from random weights, lr 1e-3 halving every 1000 steps", SCRATCH_SETS),
     "scratch_deep": ("scratch with 3 LSTM layers (x1.35 MACs)", (*SCRATCH_SETS, "model.lstm_layers=3")),
     "scratch_wide": ("scratch with 320 LSTM units (x1.35 MACs)", (*SCRATCH_SETS, "model.lstm_units=320")),
+    "scratch_gru": ("scratch with GRU instead of LSTM cells (x0.83 MACs)", (*SCRATCH_SETS, "model.cell=gru")),
+    "scratch_inorm": ("scratch with the causal per-bin input norm", (*SCRATCH_SETS, "model.input_norm=true")),
     "scratch_lam0.3": ("scratch with loss weight lam 0.3 (complex term)", (*SCRATCH_SETS, "loss.lam=0.3")),
 }
 TEST_FILES = 200

@@ -36,37 +36,33 @@ EXPORT_METADATA = "metadata.json"  # written by export.py, read by enhance.TFLit
 PROJECT = "speech-enhancement-wilson2018"
 
 
-def state_names(n_layers: int) -> list[str]:
-    return [f"{s}_{i}" for i in range(n_layers) for s in "hc"]
-
-
 # ----------------------------------------------------------------------------- conversion (needs TF)
 
 
 def step_function(model, cfg, packed: bool = False):
-    """tf.function(frame, h_0, c_0, ...) -> {"mask", "h_0_out", ...} running model.streaming_step_model.
+    """tf.function(frame, h_0, c_0, ...) -> {"mask", "h_0_out", ...} running model.streaming_step_model
+    (states: model.state_specs).
 
-    packed=True: all the states in one tensor, tf.function(frame, state (1, 2 * layers * units)) ->
-    {"mask", "state_out"} (h_0, c_0, h_1, ... concatenated): one state copy per frame instead of one per
+    packed=True: all the states in one tensor, tf.function(frame, state (1, total size)) ->
+    {"mask", "state_out"} (the states concatenated in order): one state copy per frame instead of one per
     state (enhance.py's cached step; export.py keeps the named states of its documented signature).
     """
     import model as M
 
     tf = M.tf
-    p = M.ModelParams.from_config(cfg)
     n_bins, channels = M.feature_shape(cfg)
     step = M.streaming_step_model(model, cfg)
-    names = state_names(p.lstm_layers)
+    names, sizes = zip(*M.state_specs(cfg))
     specs = [tf.TensorSpec((1, n_bins, channels), tf.float32, name="frame")]
     if packed:
-        specs.append(tf.TensorSpec((1, len(names) * p.lstm_units), tf.float32, name="state"))
+        specs.append(tf.TensorSpec((1, sum(sizes)), tf.float32, name="state"))
 
         def fn(frame, state):
-            out = step([frame, *tf.split(state, len(names), axis=-1)], training=False)
+            out = step([frame, *tf.split(state, list(sizes), axis=-1)], training=False)
             return {"mask": out[0], "state_out": tf.concat(out[1:], axis=-1)}
 
         return tf.function(fn, input_signature=specs), specs
-    specs += [tf.TensorSpec((1, p.lstm_units), tf.float32, name=n) for n in names]
+    specs += [tf.TensorSpec((1, size), tf.float32, name=n) for n, size in zip(names, sizes)]
 
     def fn(*args):
         out = step(list(args), training=False)
@@ -143,6 +139,7 @@ def step_meta(cfg, packed: bool = True) -> dict:
     import STFT
 
     p = M.ModelParams.from_config(cfg)
+    specs = M.state_specs(cfg)
     sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
     return {
         "lookahead_frames": p.lookahead_frames,
@@ -151,15 +148,15 @@ def step_meta(cfg, packed: bool = True) -> dict:
         "tflite": {
             "signature": "serving_default",
             "states": [
-                {"input": n, "output": f"{n}_out", "shape": [1, p.lstm_units], "initial": "zeros"}
-                for n in state_names(p.lstm_layers)
+                {"input": n, "output": f"{n}_out", "shape": [1, size], "initial": "zeros"}
+                for n, size in specs
             ]
             if not packed
             else [
                 {
                     "input": "state",
                     "output": "state_out",
-                    "shape": [1, 2 * p.lstm_layers * p.lstm_units],
+                    "shape": [1, sum(size for _, size in specs)],
                     "initial": "zeros",
                 }
             ],  # fmt: skip

@@ -172,3 +172,21 @@ def test_cli_and_non_causal(tmp_path, capsys):
     np.testing.assert_allclose(got["enhanced"].numpy(), enhance.Enhancer.from_pretrained(bidir)(x), atol=1e-4)
     with pytest.raises(utils.PipelineError, match="not causal"):
         enhance.TFLiteEnhancer.from_export(tmp_path / "exp")
+
+
+def test_gru_and_input_norm_export(tmp_path):
+    """A GRU model with the causal input norm: its states (norm, h_0, h_1) are named in the metadata,
+    and LiteRT frame by frame (exported and cached packed steps) == Keras offline."""
+    model_dir = make_model(tmp_path, cell="gru", input_norm="true", lookahead_frames=1)
+    out = tmp_path / "exp"
+    export.export(model_dir, out)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert [(s["input"], s["shape"]) for s in meta["tflite"]["states"]] == [
+        ("norm", [1, 257]), ("h_0", [1, 32]), ("h_1", [1, 32])
+    ]  # fmt: skip
+    x = 3.0 * noisy(1.5037, 23)  # far from the norm's starting mean: its state matters
+    want = enhance.Enhancer.from_pretrained(model_dir)(x)
+    np.testing.assert_allclose(enhance.TFLiteEnhancer.from_export(out)(x), want, atol=1e-4, rtol=0)
+    stream = enhance.Enhancer.from_pretrained(model_dir).stream()  # the cached packed step
+    y = np.concatenate([stream.process(x[i : i + 160]) for i in range(0, len(x), 160)] + [stream.flush()])
+    np.testing.assert_allclose(y[stream.delay :], want, atol=1e-4, rtol=0)

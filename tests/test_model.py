@@ -157,43 +157,6 @@ def test_bidirectional_model_is_not_causal(tmp_path, rng):
     assert np.abs(run(model, y)[:, 0] - run(model, x)[:, 0]).max() > 1e-5
 
 
-@pytest.mark.parametrize("training", [False, True])  # True: the XLA loop with its own gradient
-@pytest.mark.parametrize("backwards", [False, True])
-def test_fast_lstm_equals_keras_lstm(rng, training, backwards):
-    """FastLSTM computes exactly Keras' LSTM: outputs, final states and gradients."""
-    x = tf.constant(rng.standard_normal((3, 11, 6)).astype(np.float32))
-    h0, c0 = (tf.constant(rng.standard_normal((3, 5)).astype(np.float32)) for _ in range(2))
-    kw = {"return_sequences": True, "return_state": True, "go_backwards": backwards}
-    fast, ref = M.FastLSTM(5, **kw), M.layers.LSTM(5, **kw)
-    fast.build(x.shape)
-    ref.build(x.shape)
-    for w in fast.weights:  # a non-zero bias and larger weights exercise every gate
-        w.assign(0.5 * rng.standard_normal(w.shape).astype(np.float32))
-    ref.set_weights(fast.get_weights())
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch([x, h0, c0])
-        outs = [layer(x, initial_state=[h0, c0], training=training) for layer in (fast, ref)]
-        losses = [tf.reduce_sum(y**2) + tf.reduce_sum(tf.sin(h)) + tf.reduce_sum(c**3) for y, h, c in outs]
-    for a, b in zip(*outs):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    grads = [
-        tape.gradient(loss, [x, h0, c0, *layer.trainable_weights]) for loss, layer in zip(losses, (fast, ref))
-    ]
-    for gf, gr in zip(*grads):
-        np.testing.assert_allclose(gf.numpy(), gr.numpy(), rtol=1e-4, atol=1e-4)
-
-
-def test_fast_lstm_trains_on_changing_shapes(rng):
-    """The compiled training loop is retraced generically after a few shapes and must still work."""
-    layer = M.FastLSTM(4, return_sequences=True)
-    for batch, frames in [(1, 3), (2, 5), (3, 7), (2, 9), (1, 2), (4, 4)]:
-        x = tf.constant(rng.standard_normal((batch, frames, 3)).astype(np.float32))
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(x, training=True) ** 2)
-        grads = tape.gradient(loss, layer.trainable_weights)
-        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
-
-
 # ----------------------------------------------------------------------------- mask and loss
 
 
@@ -312,6 +275,71 @@ def test_streaming_equals_whole_clip(tmp_path, rng, lookahead, frames):
         masks = [m for m in out if m is not None] + list(stream.flush())
         assert len(masks) == frames
         np.testing.assert_allclose(np.stack(masks), whole, atol=1e-4)
+
+
+VARIANTS = {  # [model] settings with their own streaming state: (settings, state sizes per layer)
+    "gru": {"cell": "gru"},
+    "lstm_norm": {"input_norm": "true"},
+    "gru_norm": {"cell": "GRU", "input_norm": "true"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_stateful_graphs_equal_whole_clip(tmp_path, rng, variant, lookahead):
+    """GRU and the causal input norm carry their state through the one-frame step (StreamingMask) and
+    the block graph (KerasChunkRunner, uneven blocks): both give the whole-clip masks."""
+    cfg = make_cfg(tmp_path, lookahead_frames=lookahead, lstm_layers=2, **VARIANTS[variant])
+    model = M.build_model(cfg)
+    x = features(rng, 1, 37)
+    x[0, :, :, :2] *= 3.0  # far from the norm's starting mean: its state must matter
+    whole = run(model, x)[0]
+    stream = M.StreamingMask(model, cfg)
+    masks = [m for m in (stream.step(f) for f in x[0]) if m is not None] + list(stream.flush())
+    np.testing.assert_allclose(np.stack(masks), whole, atol=1e-4)
+    blocks = M.KerasChunkRunner(model, cfg)
+    edges = [0, 1, 5, 17, 18, 37]
+    masks = [blocks.push(x[0, a:b]) for a, b in zip(edges, edges[1:])] + [blocks.flush()]
+    np.testing.assert_allclose(np.concatenate(masks), whole, atol=1e-4)
+
+
+def test_state_specs(tmp_path):
+    assert M.state_specs(make_cfg(tmp_path, lstm_layers=2)) == [
+        ("h_0", 32),
+        ("c_0", 32),
+        ("h_1", 32),
+        ("c_1", 32),
+    ]
+    gru_norm = make_cfg(tmp_path, lstm_layers=2, cell="gru", input_norm="true")
+    assert M.state_specs(gru_norm) == [("norm", F), ("h_0", 32), ("h_1", 32)]
+    step = M.streaming_step_model(M.build_model(gru_norm), gru_norm)
+    assert [tuple(i.shape) for i in step.inputs] == [(1, F, 4), (1, F), (1, 32), (1, 32)]
+    assert [tuple(o.shape) for o in step.outputs] == [(1, F, 2), (1, F), (1, 32), (1, 32)]
+
+
+def test_input_norm_removes_the_level(tmp_path, rng):
+    """After the running mean settles, a clip 20 dB louder gets the same mask (compression p = 0.3:
+    |Xc| scales by 10^(0.3)); the delta-phase channels are unchanged by level anyway."""
+    cfg = make_cfg(tmp_path, input_norm="true")
+    model = M.build_model(cfg)
+    x = features(rng, 1, 600)
+    x[..., :2] = np.abs(x[..., :2]) * 0.5  # a steady spectrum
+    loud = x.copy()
+    loud[..., :2] *= 10**0.3
+    a, b = run(model, x)[0], run(model, loud)[0]
+    np.testing.assert_allclose(a[-100:], b[-100:], atol=1e-3)
+    assert np.abs(a[:5] - b[:5]).max() > 1e-3  # at the start it is still adapting
+    with pytest.raises(utils.PipelineError, match="input_norm needs architecture=causal"):
+        M.build_model(make_cfg(tmp_path, input_norm="true", architecture="bidirectional"))
+    with pytest.raises(utils.PipelineError, match="cell"):
+        M.build_model(make_cfg(tmp_path, cell="rnn"))
+
+
+def test_block_graph_refuses_non_streamable_models(tmp_path):
+    for settings in ({"lookahead_frames": 3, "lookahead_mode": "context"}, {"architecture": "bidirectional"}):
+        cfg = make_cfg(tmp_path, **settings)
+        with pytest.raises(utils.PipelineError, match="streaming needs"):
+            M.KerasChunkRunner(M.build_model(cfg), cfg)
 
 
 def test_streaming_step_model_interface(tmp_path):
