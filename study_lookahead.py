@@ -84,7 +84,11 @@ MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 BOOKKEEPING_KEYS = set(train.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
 # Keys added after studies were run, left out of the settings hash at their default (the behaviour
 # runs made before them had), so that adding a key never invalidates a finished run.
-LATER_KEYS = {("model", "lookahead_mode"): "delay"}
+LATER_KEYS = {
+    ("model", "lookahead_mode"): "delay",
+    ("model", "cell"): "lstm",
+    ("model", "input_norm"): "false",
+}
 # --quick: a seconds-long end-to-end check (CI); applied before the user's --set, which may change them.
 QUICK_SETS = (
     "model.projection_units=16",
