@@ -122,9 +122,9 @@ class BaseEnhancer:
 
     @property
     def chunk_seconds(self) -> float:
-        """[enhance] chunk_seconds of the model's config (30 s without one): the block size of __call__."""
-        cfg = getattr(self, "cfg", None)
-        return cfg.getfloat("enhance", "chunk_seconds", fallback=30.0) if cfg is not None else 30.0
+        """[enhance] chunk_seconds of the model's config (config.ini's without one): the block size of
+        __call__."""
+        return utils.config_value(getattr(self, "cfg", None), "enhance", "chunk_seconds")
 
     def __call__(self, wave, sr: int | None = None, chunk_seconds: float | None = None) -> np.ndarray:
         """Enhances a whole waveform (N,) or (N, channels) at rate `sr` (default: the model's); same shape.
@@ -528,9 +528,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     utils.refuse_model_overrides(args.overrides, "enhance.py")
     cfg = utils.config_from_args(args)
-    chunk_seconds = cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
-    if not chunk_seconds > 0:
-        raise utils.PipelineError(f"[enhance] chunk_seconds={chunk_seconds}: must be > 0")
+    chunk_seconds = utils.config_value(cfg, "enhance", "chunk_seconds")  # > 0: utils.LOWER_BOUNDS
     outdir = Path(args.out or utils.get_path(cfg, "enhanced_dir"))
     found, errors = collect_inputs(args.inputs)
     if outdir.exists() and not outdir.is_dir():
