@@ -184,9 +184,10 @@ class BaseEnhancer:
     # --------------------------------------------------------------- files
 
     def enhance_file(
-        self, src, dst, channels: str = "mix", streaming: bool = False, chunk_seconds: float = 30.0
+        self, src, dst, channels: str = "mix", streaming: bool = False, chunk_seconds: float | None = None
     ) -> dict:
-        """Enhances one file into `dst` (atomically): {duration, seconds, rtf, ...}; AudioError if bad."""
+        """Enhances one file into `dst` (atomically): {duration, seconds, rtf, ...}; AudioError if bad.
+        chunk_seconds: the block size of causal models (default: the chunk_seconds property)."""
         src, dst = Path(src), Path(dst)
         started = time.perf_counter()
         try:
@@ -201,7 +202,7 @@ class BaseEnhancer:
         )
         writer = _Writer(dst, info.samplerate, out_channels, info.format, subtype, info.frames)
         if self.causal:
-            block = max(1, int(round(chunk_seconds * info.samplerate)))
+            block = max(1, int(round((chunk_seconds or self.chunk_seconds) * info.samplerate)))
             stream = AlignedStream(
                 lambda: self.frame_stream(streaming),
                 info.samplerate,

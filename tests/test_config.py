@@ -144,3 +144,13 @@ def test_params_defaults_are_config_ini_defaults(section):
     assert cls.from_config(utils.load_config(utils.DEFAULT_CONFIG)) == cls()
     if section != "STFT":
         assert cls.from_config(configparser.ConfigParser()) == cls()
+
+
+def test_loss_function_defaults_are_config_ini_defaults():
+    import inspect
+
+    import model
+
+    defaults = {k: p.default for k, p in inspect.signature(model.compressed_loss).parameters.items()}
+    shipped = {key: utils.config_default("loss", key) for key in ("power", "lam", "epsilon")}
+    assert (defaults["power"], defaults["lam"], defaults["eps"]) == tuple(shipped.values())
