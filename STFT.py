@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,35 +47,29 @@ class StftParams:
     @classmethod
     def from_config(cls, cfg) -> StftParams:
         """From [STFT]; a missing or bad key is a one-line PipelineError naming it (never a KeyError)."""
-        where = f"{Path(getattr(cfg, 'source', 'config.ini')).name}: [STFT]"
+        where = f"{Path(utils.config_source(cfg)).name}: [STFT]"
         if not cfg.has_section("STFT"):
             raise utils.PipelineError(f"{where} section is missing")
-        s = cfg["STFT"]
-        if s.get("window_type", "hann").strip().lower() != "hann":
-            raise utils.PipelineError(f"{where} window_type={s.get('window_type')}: only hann is supported")
+        window_type = utils.config_value(cfg, "STFT", "window_type")
+        if window_type.lower() != "hann":
+            raise utils.PipelineError(f"{where} window_type={window_type}: only hann is supported")
 
-        def number(key: str, kind):
-            if key not in s:
+        def number(key: str):
+            # no default: the transform a cache or model was made with must be stated, never assumed
+            if not cfg.has_option("STFT", key):
                 raise utils.PipelineError(f"{where} {key} is missing")
-            try:
-                value = kind(s[key].strip())
-            except ValueError:
-                raise utils.PipelineError(f"{where} {key}={s[key]!r} is not {kind.__name__}") from None
-            if not (math.isfinite(value) and value > 0):
-                raise utils.PipelineError(f"{where} {key}={s[key]!r} must be > 0")
-            return value
+            return utils.config_value(cfg, "STFT", key)  # typed and > 0 (utils.LOWER_BOUNDS)
 
         def samples(key: str, sr: int) -> int:
             # a window or hop that is not a whole number of samples would be silently rounded
-            exact = number(key, float) * sr
+            exact = number(key) * sr
             if abs(exact - round(exact)) > 1e-6:
-                raise utils.PipelineError(
-                    f"{where} {key}={s[key]} is {exact:.6g} samples at {sr} Hz, not whole"
-                )
+                raw = cfg.get("STFT", key).strip()
+                raise utils.PipelineError(f"{where} {key}={raw} is {exact:.6g} samples at {sr} Hz, not whole")
             return round(exact)
 
-        sr = number("sample_rate", int)
-        p = cls(sr, samples("window_length", sr), samples("hop_size", sr), number("n_fft", int))
+        sr = number("sample_rate")
+        p = cls(sr, samples("window_length", sr), samples("hop_size", sr), number("n_fft"))
         if not p.hop <= p.win_length <= p.n_fft:
             raise utils.PipelineError(
                 f"{where} needs 0 < hop_size <= window_length <= n_fft samples "
@@ -103,8 +97,7 @@ class FeatureParams:
 
     @classmethod
     def from_config(cls, cfg) -> FeatureParams:
-        f = cfg["features"]
-        return cls(f.getfloat("compression"), f.getboolean("delta_phase"), f.getboolean("deviation"))
+        return cls(**utils.config_values(cfg, "features", [f.name for f in fields(cls)]))
 
     @property
     def channels(self) -> int:
@@ -476,7 +469,7 @@ def _expected_meta(cfg, split: str) -> dict:
     p = StftParams.from_config(cfg)
     manifest = manifest_path(cfg, split)
     examples = _read_manifest(manifest)
-    with_noise = cfg.getboolean("STFT", "cache_noise", fallback=False)
+    with_noise = utils.config_value(cfg, "STFT", "cache_noise")
     stft_section = _section_dict(cfg, "STFT")
     return {
         "format": CACHE_FORMAT,

@@ -60,7 +60,7 @@ def has_audio(folder: Path) -> bool:
 def choose_sources(corpus: Path | None, workdir: Path, quick: bool) -> tuple[dict[str, Path], str]:
     """Returns the four source folders and a sentence saying where they came from."""
     data_cfg = utils.load_config(utils.DATA_CONFIG)
-    own = {key: Path(data_cfg["data"][key]) for key in SPLITS}
+    own = {key: Path(utils.config_value(data_cfg, "data", key)) for key in SPLITS}
     if all(has_audio(p) for p in own.values()):
         return own, "your audio in the folders named by data/config.ini"
     if corpus is not None:

@@ -122,9 +122,9 @@ class BaseEnhancer:
 
     @property
     def chunk_seconds(self) -> float:
-        """[enhance] chunk_seconds of the model's config (30 s without one): the block size of __call__."""
-        cfg = getattr(self, "cfg", None)
-        return cfg.getfloat("enhance", "chunk_seconds", fallback=30.0) if cfg is not None else 30.0
+        """[enhance] chunk_seconds of the model's config (config.ini's without one): the block size of
+        __call__."""
+        return utils.config_value(getattr(self, "cfg", None), "enhance", "chunk_seconds")
 
     def __call__(self, wave, sr: int | None = None, chunk_seconds: float | None = None) -> np.ndarray:
         """Enhances a whole waveform (N,) or (N, channels) at rate `sr` (default: the model's); same shape.
@@ -184,9 +184,10 @@ class BaseEnhancer:
     # --------------------------------------------------------------- files
 
     def enhance_file(
-        self, src, dst, channels: str = "mix", streaming: bool = False, chunk_seconds: float = 30.0
+        self, src, dst, channels: str = "mix", streaming: bool = False, chunk_seconds: float | None = None
     ) -> dict:
-        """Enhances one file into `dst` (atomically): {duration, seconds, rtf, ...}; AudioError if bad."""
+        """Enhances one file into `dst` (atomically): {duration, seconds, rtf, ...}; AudioError if bad.
+        chunk_seconds: the block size of causal models (default: the chunk_seconds property)."""
         src, dst = Path(src), Path(dst)
         started = time.perf_counter()
         try:
@@ -201,7 +202,7 @@ class BaseEnhancer:
         )
         writer = _Writer(dst, info.samplerate, out_channels, info.format, subtype, info.frames)
         if self.causal:
-            block = max(1, int(round(chunk_seconds * info.samplerate)))
+            block = max(1, int(round((chunk_seconds or self.chunk_seconds) * info.samplerate)))
             stream = AlignedStream(
                 lambda: self.frame_stream(streaming),
                 info.samplerate,
@@ -528,9 +529,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     utils.refuse_model_overrides(args.overrides, "enhance.py")
     cfg = utils.config_from_args(args)
-    chunk_seconds = cfg.getfloat("enhance", "chunk_seconds", fallback=30.0)
-    if not chunk_seconds > 0:
-        raise utils.PipelineError(f"[enhance] chunk_seconds={chunk_seconds}: must be > 0")
+    chunk_seconds = utils.config_value(cfg, "enhance", "chunk_seconds")  # > 0: utils.LOWER_BOUNDS
     outdir = Path(args.out or utils.get_path(cfg, "enhanced_dir"))
     found, errors = collect_inputs(args.inputs)
     if outdir.exists() and not outdir.is_dir():

@@ -606,7 +606,7 @@ def _sha256_or_none(path) -> str | None:
 
 def _oracle_list(cfg, oracles) -> list[str]:
     if oracles is True:
-        oracles = [o.strip() for o in cfg.get("evaluate", "oracles", fallback=",".join(ORACLES)).split(",")]
+        oracles = utils.config_value(cfg, "evaluate", "oracles")
     chosen = [o for o in (oracles or ()) if o]
     bad = set(chosen) - set(ORACLES)
     if bad:
@@ -615,9 +615,7 @@ def _oracle_list(cfg, oracles) -> list[str]:
 
 
 def _metric_list(cfg) -> list[str]:
-    chosen = [
-        m.strip() for m in cfg.get("evaluate", "metrics", fallback=",".join(metrics.ALL_METRICS)).split(",")
-    ]
+    chosen = utils.config_value(cfg, "evaluate", "metrics")
     bad = set(chosen) - set(metrics.ALL_METRICS)
     if bad or not chosen:
         raise utils.PipelineError(
@@ -627,7 +625,7 @@ def _metric_list(cfg) -> list[str]:
 
 
 def _workers(cfg, workers) -> int:
-    n = cfg.getint("evaluate", "workers", fallback=0) if workers is None else int(workers)
+    n = utils.config_value(cfg, "evaluate", "workers") if workers is None else int(workers)
     return n if n > 0 else (os.cpu_count() or 1)
 
 
@@ -678,7 +676,6 @@ def evaluate(
     names = metrics.metric_names(metric_list)
     systems = ["noisy"] + (["model"] if model_dir is not None else [])
     systems += [f"oracle_{k}" for k in oracle_list] + baseline_list
-    default_bound = utils.config_default("model", "mask_bound")  # the model's, when its config predates it
     settings = {
         "stft": p,
         "metrics": metric_list,
@@ -686,10 +683,10 @@ def evaluate(
         "oracles": oracle_list,
         "baselines": baseline_list,
         "with_model": model_dir is not None,
-        "mask_bound": mcfg.getfloat("model", "mask_bound", fallback=default_bound),
+        "mask_bound": utils.config_value(mcfg, "model", "mask_bound"),  # the default when mcfg predates it
         "engine": engine if model_dir is not None else None,
     }
-    batch = cfg.getint("evaluate", "batch_size", fallback=8)
+    batch = utils.config_value(cfg, "evaluate", "batch_size")
     if shard is not None:  # whole model batches, so each file's estimate is the one-machine one
         tasks = shards.evaluate_shard_tasks(tasks, shard, p.sample_rate, batch)
     fingerprint = {"manifest_sha256": utils.file_sha256(manifest), "limit": limit, "systems": systems,

@@ -109,11 +109,12 @@ def mix(clean: np.ndarray, noise: np.ndarray, snr_db: float, peak: float = PEAK)
 
 # [data] settings on-the-fly mixing reads (data/config.ini, [train] data_config, or --set data.KEY=...).
 MIX_DATA_KEYS = ("clean_train_path", "noise_train_path", "SNR_lower", "SNR_upper")
+MIX_SNR_KEYS = ("SNR_lower", "SNR_upper")
 
 
 def data_config_path(cfg) -> Path:
     """[train] data_config (a relative path is relative to cfg's own file), else data/config.ini."""
-    raw = cfg.get("train", "data_config", fallback="").strip()
+    raw = utils.config_value(cfg, "train", "data_config")
     if not raw:
         return utils.DATA_CONFIG
     return (Path(getattr(cfg, "source", "config.ini")).resolve().parent / raw).resolve()
@@ -194,7 +195,7 @@ class OnTheFlyMixer:
     """
 
     def __init__(self, clean: list[np.ndarray], noise: list[np.ndarray], sp, crop: int, seed: int,
-                 snr_range: tuple[float, float], level_db: tuple[float, float] = (-10.0, 6.0),
+                 snr_range: tuple[float, float], level_db: tuple[float, float],
                  augment: tuple[str, ...] = ()):  # fmt: skip
         self.clean, self.noise, self.sp, self.crop, self.seed = clean, noise, sp, crop, seed
         self.snr_range, self.level_db, self.augment = snr_range, level_db, tuple(augment)
@@ -205,11 +206,9 @@ class OnTheFlyMixer:
         """From the config's [data] sources and SNR range and train.TrainParams `params`; `crop` in frames."""
         sp = STFT.StftParams.from_config(cfg)
         d = data_settings(cfg)
-        try:
-            snr_range = float(d["SNR_lower"]), float(d["SNR_upper"])
-        except ValueError as e:
-            raise utils.PipelineError(f"[data] SNR_lower / SNR_upper: not numbers ({e})") from e
-        if not (all(map(math.isfinite, snr_range)) and snr_range[0] <= snr_range[1]):
+        # typed and finite (parse_value); the one check left is their order
+        snr_range = tuple(utils.parse_value("data", k, d[k], f"[data] {k}={d[k]!r}") for k in MIX_SNR_KEYS)
+        if not snr_range[0] <= snr_range[1]:
             raise utils.PipelineError(
                 f"[data] SNR_lower={snr_range[0]} SNR_upper={snr_range[1]}: need lower <= upper"
             )

@@ -81,23 +81,10 @@ class ModelParams:
 
     @classmethod
     def from_config(cls, cfg) -> ModelParams:
-        m = cfg["model"] if cfg.has_section("model") else {}
-        d = cls()
-        words = ("architecture", "lookahead_mode", "cell")  # the keys that name a choice
-        kw = {k: str(m.get(k, getattr(d, k))).strip().lower() for k in words}
-        for name in cls.__dataclass_fields__:
-            if name in kw:
-                continue
-            default = getattr(d, name)
-            raw = m.get(name, str(default))
-            if isinstance(default, bool):
-                kw[name] = _boolean(raw, f"{_source(cfg)}: [model] {name}")
-                continue
-            try:
-                kw[name] = type(default)(str(raw).strip())
-            except ValueError as e:
-                kind = "an integer" if isinstance(default, int) else "a number"
-                raise utils.PipelineError(f"{_source(cfg)}: [model] {name}={raw!r} is not {kind}") from e
+        """From [model]; a key the config lacks (one that predates it) has config.ini's default."""
+        kw = utils.config_values(cfg, "model", cls.__dataclass_fields__)
+        for name in ("architecture", "lookahead_mode", "cell"):  # the keys that name a choice
+            kw[name] = kw[name].lower()
         p = cls(**kw)
         p.validate(cfg)
         return p
@@ -144,13 +131,6 @@ class ModelParams:
     @property
     def streamable(self) -> bool:
         return self.causal and not self.future_context
-
-
-def _boolean(raw, what: str) -> bool:
-    try:
-        return utils.parse_bool(raw)
-    except ValueError:
-        raise utils.PipelineError(f"{what}={raw!r}: expected true or false") from None
 
 
 def _source(cfg) -> str:
@@ -410,10 +390,7 @@ def compressed_loss(S, S_hat, power: float = 0.3, lam: float = 0.113, eps: float
 
 def loss_from_config(cfg):
     """compressed_loss with [loss] power / lam / epsilon: callable(S, S_hat, mask=None)."""
-    s = cfg["loss"] if cfg.has_section("loss") else {}
-    power = float(s.get("power", 0.3))
-    lam = float(s.get("lam", 0.113))
-    eps = float(s.get("epsilon", 1e-8))
+    power, lam, eps = utils.config_values(cfg, "loss", ("power", "lam", "epsilon")).values()
 
     def loss(S, S_hat, mask=None):
         return compressed_loss(S, S_hat, power, lam, eps, mask)

@@ -199,7 +199,7 @@ def make_entries(
         if seed is not None:
             _set(c, "train", "seed", seed)
         label = name if seed is None else f"{name}_seed{seed}"
-        seed_of = c.getint("train", "seed")
+        seed_of = utils.config_value(c, "train", "seed")
         entries.append(Entry(name, arch, L, c, out / "runs" / label, seed_of, label, mode))
     return entries
 
@@ -959,11 +959,7 @@ def main(argv=None) -> int:
     check_inputs(cfg)
 
     params = train.TrainParams.from_config(cfg)
-    oracles = (
-        []
-        if args.no_oracles or args.quick
-        else [o.strip() for o in cfg.get("evaluate", "oracles", fallback="").split(",") if o.strip()]
-    )
+    oracles = [] if args.no_oracles or args.quick else list(utils.config_value(cfg, "evaluate", "oracles"))
     if params.seed in seeds:
         raise utils.PipelineError(f"--extra-seeds: {params.seed} is the study's own [train] seed")
     baselines = parse_baselines(args.baselines)

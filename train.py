@@ -146,21 +146,14 @@ class TrainParams:
 
     @classmethod
     def from_config(cls, cfg) -> TrainParams:
-        src = f"{Path(getattr(cfg, 'source', 'config.ini')).name}: [train]"
-        section = cfg["train"] if cfg.has_section("train") else {}
-        values = {}
-        for f in fields(cls):
-            raw, kind = str(section.get(f.name, f.default)).strip(), type(f.default)
-            try:
-                values[f.name] = _parse(raw, kind)
-            except ValueError as e:
-                expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "text")
-                raise utils.PipelineError(f"{src} {f.name}={raw!r}: expected {expected}") from e
-        names = [a.strip().lower() for a in values["augment"].split(",") if a.strip()]
+        """From [train]; a key the config lacks (one that predates it) has config.ini's default."""
+        src = f"{Path(utils.config_source(cfg)).name}: [train]"
+        values = utils.config_values(cfg, "train", [f.name for f in fields(cls)])
+        names = [a.lower() for a in values["augment"]]  # a list key: a tuple of the named ones
         unknown = sorted(set(names) - set(augment.AUGMENTATIONS))
         if unknown:
             raise utils.PipelineError(
-                f"{src} augment={values['augment']!r}: unknown {', '.join(unknown)} "
+                f"{src} augment={','.join(values['augment'])!r}: unknown {', '.join(unknown)} "
                 f"(choose from {', '.join(augment.AUGMENTATIONS)})"
             )
         values["augment"] = ",".join(sorted(set(names)))  # "reverb,eq" and "eq,reverb" are one setting
@@ -191,13 +184,6 @@ class TrainParams:
     @property
     def augmentations(self) -> tuple[str, ...]:
         return tuple(a for a in self.augment.split(",") if a)
-
-
-def _parse(raw: str, kind):
-    """A [train] value as the field's type; ValueError when it is not one."""
-    if kind is bool:
-        return utils.parse_bool(raw)
-    return int(float(raw)) if kind is int else kind(raw)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def default_model_dir(cfg=None) -> Path:
     (<checkpoint_dir>/<[train] run_name>/best) once you have trained it, else the shipped pretrained/."""
     if cfg is None:
         cfg = load_config(DEFAULT_CONFIG)
-    run = cfg.get("train", "run_name", fallback="default") or "default"
+    run = config_value(cfg, "train", "run_name") or "default"
     best = get_path(cfg, "checkpoint_dir") / run / "best"
     for folder in (best, PRETRAINED_DIR):
         if (folder / "model.weights.h5").is_file():
@@ -162,10 +162,7 @@ def check_sample_rates(data_rate, data_source, stft_rate: int, stft_source) -> N
     """The mixtures' rate ([data] sample_rate) must be the model's ([STFT] sample_rate): mixing at one
     rate and training at another would resample every example behind the user's back. A one-line
     PipelineError naming both files and values otherwise."""
-    try:
-        rate = int(str(data_rate).strip())
-    except ValueError:
-        raise PipelineError(f"{data_source}: [data] sample_rate={data_rate!r} is not an integer") from None
+    rate = parse_value("data", "sample_rate", data_rate, f"{data_source}: [data] sample_rate={data_rate!r}")
     if rate != stft_rate:
         raise PipelineError(
             f"{data_source}: [data] sample_rate={rate} differs from {stft_source}: [STFT] "
@@ -208,18 +205,23 @@ LOWER_BOUNDS = {
     ("data", "total_training_files"): (0, True), ("data", "total_testing_files"): (0, True),
     ("data", "total_snrlevels"): (1, True), ("data", "workers"): (0, True),
 }  # fmt: skip
+# Comma-separated lists: their value is the tuple of the non-empty, stripped items.
+LIST_KEYS = {("evaluate", "metrics"), ("evaluate", "oracles"), ("train", "augment")}
 # Written by evaluate.py (results/<run>/config.ini) and enhance.py (enhance_config.ini) to record a run.
 RECORD_KEYS = {"evaluate": {"model_dir", "limit"}, "enhance": {"model", "streaming", "channels"}}
 # configparser's BOOLEAN_STATES: what parse_bool accepts.
 _BOOLEANS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False,
              "off": False}  # fmt: skip
-KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text",
+              "list": "a comma-separated list"}  # fmt: skip
 
 
 def _kind_of(section: str, key: str, default: str) -> str:
     text = default.strip().lower()
     if (section, key) in FLOAT_KEYS:
         return "float"
+    if (section, key) in LIST_KEYS:
+        return "list"
     if text in ("true", "false", "yes", "no", "on", "off"):
         return "bool"
     try:
@@ -242,7 +244,7 @@ _DEFAULTS: dict[str, dict[str, str]] = {}
 
 
 def config_schema() -> dict[str, dict[str, str]]:
-    """section -> key -> kind ("int", "float", "bool", "str") of every valid key."""
+    """section -> key -> kind ("int", "float", "bool", "str", "list") of every valid key."""
     if not _SCHEMA:
         for path in (DEFAULT_CONFIG, DATA_CONFIG):
             raw = configparser.ConfigParser(interpolation=None)
@@ -259,9 +261,28 @@ def config_schema() -> dict[str, dict[str, str]]:
 
 def config_default(section: str, key: str):
     """The shipped default of section.key (config.ini or data/config.ini), as its schema type: the
-    fallback for a saved config that predates the key."""
+    fallback for a saved config that predates the key. The only default a key has."""
     config_schema()
     return parse_value(section, key, _DEFAULTS[section][key], f"{DEFAULT_CONFIG.name}: [{section}] {key}")
+
+
+def config_source(cfg) -> str:
+    """The file a config was loaded from (load_config records it), for error messages."""
+    return str(getattr(cfg, "source", DEFAULT_CONFIG.name))
+
+
+def config_value(cfg, section: str, key: str):
+    """THE typed getter: section.key of cfg as its schema type (parse_value), or config_default when
+    cfg (None allowed) lacks it. A bad value is one line naming the file, section.key and the value."""
+    if cfg is None or not cfg.has_option(section, key):
+        return config_default(section, key)
+    raw = cfg.get(section, key)
+    return parse_value(section, key, raw, f"{config_source(cfg)}: [{section}] {key}={raw.strip()!r}")
+
+
+def config_values(cfg, section: str, keys) -> dict:
+    """{key: config_value(cfg, section, key)} for keys: what a params dataclass is built from."""
+    return {key: config_value(cfg, section, key) for key in keys}
 
 
 def _closest(name: str, options) -> str:
@@ -299,6 +320,8 @@ def parse_value(section: str, key: str, raw: str, where: str):
     bad = f"{where}: expected {KIND_NAMES[kind]}"
     if kind == "str":
         return text
+    if kind == "list":
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     if kind == "bool":
         try:
             return parse_bool(text)
@@ -310,7 +333,8 @@ def parse_value(section: str, key: str, raw: str, where: str):
         raise PipelineError(bad) from None
     if not math.isfinite(value) or kind == "int" and not value.is_integer():
         raise PipelineError(bad)
-    value = int(value) if kind == "int" else value
+    if kind == "int":  # int(text) when it is one: exact past 2**53 (a seed), else 1e1 -> 10
+        value = int(text) if text.lstrip("+-").isdigit() else int(value)
     low = LOWER_BOUNDS.get((section, key))
     if low is not None and (value < low[0] or value == low[0] and not low[1]):
         raise PipelineError(f"{where}: must be {'>=' if low[1] else '>'} {low[0]}")

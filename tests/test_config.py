@@ -107,3 +107,50 @@ def test_on_the_fly_data_rate_must_equal_stft_rate(tmp_path):
         "make them equal"
     )
     assert mixing.data_settings(utils.load_config(config, ["data.sample_rate=16000"]))["SNR_lower"] == "-5"
+
+
+def test_config_value_is_typed_with_one_default(tmp_path):
+    """utils.config_value: the one typed getter; a missing key is config.ini's default, a bad value one
+    line naming the file, section.key and value; comma lists are tuples of their non-empty items."""
+    cfg = utils.load_config(write_config(tmp_path), ["evaluate.oracles= irm,, psm ", "train.epochs=1e1"])
+    assert utils.config_value(cfg, "evaluate", "oracles") == ("irm", "psm")
+    assert utils.config_value(cfg, "train", "epochs") == 10
+    cfg.remove_option("enhance", "chunk_seconds")  # a saved config that predates the key
+    shipped = utils.config_default("enhance", "chunk_seconds")
+    assert utils.config_value(cfg, "enhance", "chunk_seconds") == shipped
+    assert utils.config_value(None, "evaluate", "metrics") == ("sdr", "si_sdr", "snr", "pesq", "stoi")
+    cfg.set("model", "lstm_units", "many")
+    with pytest.raises(utils.PipelineError) as e:
+        utils.config_value(cfg, "model", "lstm_units")
+    assert str(e.value) == f"{cfg.source}: [model] lstm_units='many': expected an integer"
+
+
+def _params_classes():
+    import model
+    import STFT
+    import train
+
+    return {"STFT": STFT.StftParams, "features": STFT.FeatureParams, "model": model.ModelParams,
+            "train": train.TrainParams}  # fmt: skip
+
+
+@pytest.mark.parametrize("section", ["STFT", "features", "model", "train"])
+def test_params_defaults_are_config_ini_defaults(section):
+    """One default per key: each params dataclass's field defaults are config.ini's values, and a config
+    without the section (one that predates it) gets the same (STFT keys must be stated: no default)."""
+    import configparser
+
+    cls = _params_classes()[section]
+    assert cls.from_config(utils.load_config(utils.DEFAULT_CONFIG)) == cls()
+    if section != "STFT":
+        assert cls.from_config(configparser.ConfigParser()) == cls()
+
+
+def test_loss_function_defaults_are_config_ini_defaults():
+    import inspect
+
+    import model
+
+    defaults = {k: p.default for k, p in inspect.signature(model.compressed_loss).parameters.items()}
+    shipped = {key: utils.config_default("loss", key) for key in ("power", "lam", "epsilon")}
+    assert (defaults["power"], defaults["lam"], defaults["eps"]) == tuple(shipped.values())

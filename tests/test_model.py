@@ -98,11 +98,6 @@ def test_initial_mask_is_not_degenerate(tmp_path, rng):
     assert mag.std() > 1e-3  # and depends on the input
 
 
-def test_model_params_defaults_are_config_ini_defaults():
-    # one default per key: a config without [model] builds the model config.ini describes
-    assert M.ModelParams.from_config(utils.load_config(utils.DEFAULT_CONFIG)) == M.ModelParams()
-
-
 def test_bad_architecture_is_a_pipeline_error(tmp_path):
     with pytest.raises(utils.PipelineError, match="architecture"):
         M.build_model(make_cfg(tmp_path, architecture="transformer"))
