@@ -611,6 +611,14 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def import_tensorflow():
+    """The tensorflow module, quietened; imported on first use so that --help and config errors stay fast."""
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    return tf
+
+
 OS_REASONS = {
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk full (quota exceeded)",
