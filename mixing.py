@@ -12,8 +12,8 @@ with these definitions plus the augmentations of augment.py. Example i of epoch 
     data_settings(cfg)            the [data] sources and SNR range in use (MIX_DATA_KEYS)
     OnTheFlyMixer                 one mixture (`example`) and its STFT (`spectra`)
     load_sources(folder, ...)     the usable audio of a folder, decoded once
-    make_mix_dataset(mixer, ...)  the tf.data pipeline of one epoch (what train.make_dataset gives
-                                  for the cached mixtures)
+    make_mix_dataset(mixer, ...)  the tf.data pipeline of one epoch (what training_data.make_dataset
+                                  gives for the cached mixtures)
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ class OnTheFlyMixer:
 
     @classmethod
     def from_config(cls, cfg, params, crop: int, progress: bool = False) -> OnTheFlyMixer:
-        """From the config's [data] sources and SNR range and train.TrainParams `params`; `crop` in frames."""
+        """From the config's [data] sources and SNR range and the TrainParams `params` (train_settings.py);
+        `crop` in frames."""
         sp = STFT.StftParams.from_config(cfg)
         d = data_settings(cfg)
         # typed and finite (parse_value); the one check left is their order

@@ -44,7 +44,7 @@ epoch 1). Without either option, [train] epochs of the config.
 Runs: <checkpoint_dir>/<study>/<name>, <log_dir>/<study>/<name> (TensorBoard), name = lookahead_00,
 lookahead_02, ..., bidirectional; <study> = --study (default study_lookahead); --extra-seeds S runs in
 <study>_seed<S>/ and shows as <name>_seed<S>. Convergence: with [train] patience P > 0 every model stops
-once P validations in a row gained no more than [train] min_delta dB SI-SDR (train.plateaued), with the
+once P validations in a row gained no more than [train] min_delta dB SI-SDR (run_folder.plateaued), with the
 epoch count as the maximum; the table and results.json say which models "converged". Resumable: a model whose
 saved settings (hash of [STFT], [features], [model], [loss], [train] except epochs and bookkeeping keys,
 and the training / testing data) match is not retrained when it has the requested epochs, is resumed
@@ -70,8 +70,10 @@ from pathlib import Path
 
 import numpy as np
 
+import run_folder
 import STFT
 import train
+import train_settings
 import utils
 
 STUDY = "study_lookahead"
@@ -81,7 +83,7 @@ MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 # They are train.py's resumable keys less validation_interval (it decides which epochs are validated,
 # hence which one best/ holds: the model the study scores) and data_config (the study hashes it with
 # the other training settings).
-BOOKKEEPING_KEYS = set(train.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
+BOOKKEEPING_KEYS = set(train_settings.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
 # Keys added after studies were run, left out of the settings hash at their default (the behaviour
 # runs made before them had), so that adding a key never invalidates a finished run.
 LATER_KEYS = {
@@ -555,8 +557,6 @@ def seed_summary(entries: list[Entry], held: set[int]) -> dict:
 def collect(entries: list[Entry], records: dict, study: dict, references: Path | None = None) -> dict:
     """results.json: one system per row (noisy input, models, baselines, oracles) with means on the
     chosen files, and the seed summary."""
-    import train
-
     summaries = {e.label: read_json(e.out / "summary.json") for e in entries}
     excluded = all(
         (summaries[e.label].get("excluding_validation_files") or {}).get("n_files") for e in entries
@@ -593,8 +593,10 @@ def collect(entries: list[Entry], records: dict, study: dict, references: Path |
             "macs_per_frame": fig["macs_per_frame"],
             "epochs": len(hist),
             "optimizer_steps": hist[-1]["step"] if hist else None,
-            # stopped by [train] patience / min_delta (train.plateaued), not by the epoch limit
-            "converged": train.plateaued(hist, study["patience"], study["min_delta"], study["min_epochs"]),
+            # stopped by [train] patience / min_delta (run_folder.plateaued), not by the epoch limit
+            "converged": run_folder.plateaued(
+                hist, study["patience"], study["min_delta"], study["min_epochs"]
+            ),
             "train_seconds": sum(h["train_seconds"] + h["validation_seconds"] for h in hist),
             "best_epoch": (read_json(e.best / "metrics.json") or {}).get("epoch"),
             "validation_si_sdr": [(h.get("validation") or {}).get("si_sdr") for h in hist],
@@ -958,7 +960,7 @@ def main(argv=None) -> int:
     out = (args.out or utils.get_path(cfg, "results_dir") / f"lookahead{suffix}").resolve()
     check_inputs(cfg)
 
-    params = train.TrainParams.from_config(cfg)
+    params = train_settings.TrainParams.from_config(cfg)
     oracles = [] if args.no_oracles or args.quick else list(utils.config_value(cfg, "evaluate", "oracles"))
     if params.seed in seeds:
         raise utils.PipelineError(f"--extra-seeds: {params.seed} is the study's own [train] seed")

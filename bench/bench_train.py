@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import train
+    import train_settings
 
     train.log.propagate = False  # one line per epoch (TensorFlow may add a root log handler)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         cfg = utils.load_config(args.config, args.overrides)
         if args.crop_seconds is not None:
             cfg.set("train", "crop_seconds", str(args.crop_seconds))
-        params = train.TrainParams.from_config(cfg)
+        params = train_settings.TrainParams.from_config(cfg)
         for key in ("data_dir", "stft_dir", "checkpoint_dir", "log_dir", "enhanced_dir", "results_dir"):
             cfg.set("paths", key, str(work / key.replace("_dir", "")))
         cfg.set("train", "epochs", str(args.epochs))

@@ -128,10 +128,10 @@ def test_config_value_is_typed_with_one_default(tmp_path):
 def _params_classes():
     import model
     import STFT
-    import train
+    import train_settings
 
     return {"STFT": STFT.StftParams, "features": STFT.FeatureParams, "model": model.ModelParams,
-            "train": train.TrainParams}  # fmt: skip
+            "train": train_settings.TrainParams}  # fmt: skip
 
 
 @pytest.mark.parametrize("section", ["STFT", "features", "model", "train"])

@@ -25,7 +25,9 @@ from conftest import ROOT, write_config, write_split
 
 import STFT
 import train
+import train_settings
 import utils
+from trainer import Trainer
 
 pytestmark = [pytest.mark.multiworker, pytest.mark.slow]
 
@@ -126,9 +128,10 @@ def cluster(tmp_path):
 
 
 def checkpoint_weights(cfg, folder: Path, step: int) -> list[np.ndarray]:
-    params = train.TrainParams.from_config(cfg)
-    trainer = train.Trainer(cfg, params, train._tf().distribute.get_strategy())
-    trainer.checkpoint.restore(train._tf().train.latest_checkpoint(str(folder))).expect_partial()
+    params = train_settings.TrainParams.from_config(cfg)
+    tf = utils.import_tensorflow()
+    trainer = Trainer(cfg, params, tf.distribute.get_strategy())
+    trainer.checkpoint.restore(tf.train.latest_checkpoint(str(folder))).expect_partial()
     assert int(trainer.step.numpy()) == step
     return trainer.weights()
 

@@ -21,12 +21,12 @@ def test_train_command_fine_tunes_from_the_shipped_weights_with_the_recipe_setti
     cosine = study_recipe.train_command("cosine", "c", 1, 3000, tmp_path, tmp_path)
     assert "train.cosine_steps=3000" in cosine  # the decay spans the budget
     # every recipe's settings are keys the trainer knows
-    import train
+    import train_settings
 
     for name in study_recipe.RECIPES:
         cmd = study_recipe.train_command(name, name, 1, 500, tmp_path, tmp_path)
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-        train.TrainParams.from_config(
+        train_settings.TrainParams.from_config(
             utils.load_config(study_recipe.ROOT / "pretrained" / "config.ini", sets)
         )
 

@@ -16,9 +16,15 @@ from conftest import CORPUS, ROOT, SR, noise_like, requires_corpus, speech_like,
 
 import augment
 import mixing
+import run_folder
 import STFT
 import train
+import train_settings
+import training_data
 import utils
+import validation
+from train_settings import RunDirs, TrainParams
+from trainer import Trainer, make_strategy, seed_everything
 
 TRAIN_SECONDS = (1.2, 1.6, 0.7, 2.0, 1.4, 1.0)  # 0.7 s is shorter than the 1 s crop: padded
 TEST_SECONDS = (1.5, 1.0, 2.0)
@@ -53,16 +59,16 @@ def make_cfg(tmp_path: Path, data_root: Path, **train_values):
 
 def fixed_batch(cfg, n: int = 2):
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
-    crop = train.crop_frames(cfg, train.TrainParams.from_config(cfg))
-    return train.load_crops(cache, np.arange(n), np.zeros(n, np.int64), crop)
+    crop = training_data.crop_frames(cfg, TrainParams.from_config(cfg))
+    return training_data.load_crops(cache, np.arange(n), np.zeros(n, np.int64), crop)
 
 
 def make_trainer(cfg):
     import tensorflow as tf
 
-    params = train.TrainParams.from_config(cfg)
-    train._seed_everything(params.seed, deterministic=False)
-    return train.Trainer(cfg, params, tf.distribute.get_strategy())
+    params = TrainParams.from_config(cfg)
+    seed_everything(params.seed, deterministic=False)
+    return Trainer(cfg, params, tf.distribute.get_strategy())
 
 
 # ----------------------------------------------------------------------------- data order
@@ -70,25 +76,25 @@ def make_trainer(cfg):
 
 def test_epoch_plan_is_a_function_of_seed_epoch_and_example():
     n_frames = np.array([300, 120, 90, 500, 200])
-    order, starts = train.epoch_plan(n_frames, seed=7, epoch=3, crop=100)
-    again = train.epoch_plan(n_frames, seed=7, epoch=3, crop=100)
+    order, starts = training_data.epoch_plan(n_frames, seed=7, epoch=3, crop=100)
+    again = training_data.epoch_plan(n_frames, seed=7, epoch=3, crop=100)
     assert np.array_equal(order, again[0]) and np.array_equal(starts, again[1])
     assert sorted(order) == list(range(5))
     assert np.all(starts >= 0) and np.all(starts + 100 <= np.maximum(n_frames[order], 100))
     assert starts[list(order).index(2)] == 0  # 90 frames < crop: starts at 0, padded later
-    others = [train.epoch_plan(n_frames, seed=7, epoch=e, crop=100) for e in range(6)]
+    others = [training_data.epoch_plan(n_frames, seed=7, epoch=e, crop=100) for e in range(6)]
     assert len({tuple(o) for o, _ in others}) > 1  # the order changes between epochs
-    assert len({tuple(o) for o, _ in [train.epoch_plan(n_frames, s, 0, 100) for s in range(6)]}) > 1
+    assert len({tuple(o) for o, _ in [training_data.epoch_plan(n_frames, s, 0, 100) for s in range(6)]}) > 1
 
 
 def test_load_crops_slices_the_cache_and_pads_short_examples(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
-    crop = train.crop_frames(cfg, train.TrainParams.from_config(cfg))
+    crop = training_data.crop_frames(cfg, TrainParams.from_config(cfg))
     assert crop == 100
     short = int(np.argmin(cache.n_frames))
     assert cache.n_frames[short] < crop
-    noisy, clean, valid = train.load_crops(cache, np.array([3, short]), np.array([17, 0]), crop)
+    noisy, clean, valid = training_data.load_crops(cache, np.array([3, short]), np.array([17, 0]), crop)
     n3, c3 = cache.example(3)
     assert np.array_equal(noisy[0], n3[17 : 17 + crop]) and np.array_equal(clean[0], c3[17 : 17 + crop])
     t = cache.n_frames[short]
@@ -99,11 +105,11 @@ def test_load_crops_slices_the_cache_and_pads_short_examples(data_root, tmp_path
 def test_dataset_skip_resumes_the_same_batches(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
-    full = [b[0].numpy() for b in train.make_dataset(cache, 5, 1, 100, 2)]
-    tail = [b[0].numpy() for b in train.make_dataset(cache, 5, 1, 100, 2, skip_batches=1)]
+    full = [b[0].numpy() for b in training_data.make_dataset(cache, 5, 1, 100, 2)]
+    tail = [b[0].numpy() for b in training_data.make_dataset(cache, 5, 1, 100, 2, skip_batches=1)]
     assert len(full) == 3 and len(tail) == 2
     assert all(np.array_equal(a, b) for a, b in zip(full[1:], tail))
-    other_epoch = [b[0].numpy() for b in train.make_dataset(cache, 5, 2, 100, 2)]
+    other_epoch = [b[0].numpy() for b in training_data.make_dataset(cache, 5, 2, 100, 2)]
     assert not all(np.array_equal(a, b) for a, b in zip(full, other_epoch))
 
 
@@ -244,7 +250,7 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
     # run b: 1 epoch, then resume to 2 epochs, interrupted (Ctrl-C) in the middle of epoch 2
     cfg_b = make_cfg(tmp_path / "b", data_root, epochs=1, checkpoint_steps=100)
     train.train(cfg_b, "run", progress=False)
-    original = train.Trainer.train_step
+    original = Trainer.train_step
     calls = {"n": 0}
 
     def interrupt_after_one(self, batch):
@@ -253,12 +259,12 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
             raise KeyboardInterrupt
         return original(self, batch)
 
-    monkeypatch.setattr(train.Trainer, "train_step", interrupt_after_one)
+    monkeypatch.setattr(Trainer, "train_step", interrupt_after_one)
     overrides = ["train.epochs=2"]
     cfg_b2 = utils.load_config(tmp_path / "b" / "config.ini", overrides)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg_b2, "run", resume=True, progress=False)
-    monkeypatch.setattr(train.Trainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     resumed = model.load_trained(train.train(cfg_b2, "run", resume=True, progress=False) / "best")[0]
 
     weights = {}
@@ -266,7 +272,7 @@ def test_resume_after_interrupt_gives_the_weights_of_an_uninterrupted_run(data_r
         trainer = make_trainer(cfg_x)
         folder = Path(cfg_x["paths"]["checkpoint_dir"]) / "run"
         trainer.checkpoint.restore(
-            str(Path(train._tf().train.latest_checkpoint(str(folder))))
+            str(Path(utils.import_tensorflow().train.latest_checkpoint(str(folder))))
         ).expect_partial()
         assert int(trainer.step.numpy()) == 6 and int(trainer.epoch.numpy()) == 2
         weights[name] = trainer.weights()
@@ -284,7 +290,9 @@ def latest_weights(cfg, run: str = "run") -> list[np.ndarray]:
     """Weights of the run's latest checkpoint (after checking it finished both epochs)."""
     trainer = make_trainer(cfg)
     folder = Path(cfg["paths"]["checkpoint_dir"]) / run
-    trainer.checkpoint.restore(train._tf().train.latest_checkpoint(str(folder))).expect_partial()
+    trainer.checkpoint.restore(
+        utils.import_tensorflow().train.latest_checkpoint(str(folder))
+    ).expect_partial()
     assert int(trainer.step.numpy()) == 6 and int(trainer.epoch.numpy()) == 2
     return trainer.weights()
 
@@ -305,7 +313,7 @@ def assert_same_weights(a, b):
 
 def interrupt_after_step(monkeypatch, n: int, error: BaseException):
     """Makes the n-th training step raise `error` right AFTER its update ran (the worst moment)."""
-    original, calls = train.Trainer.train_step, {"n": 0}
+    original, calls = Trainer.train_step, {"n": 0}
 
     def step_then_raise(self, batch):
         calls["n"] += 1
@@ -314,8 +322,8 @@ def interrupt_after_step(monkeypatch, n: int, error: BaseException):
             raise error
         return out
 
-    monkeypatch.setattr(train.Trainer, "train_step", step_then_raise)
-    return lambda: monkeypatch.setattr(train.Trainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", step_then_raise)
+    return lambda: monkeypatch.setattr(Trainer, "train_step", original)
 
 
 @pytest.mark.slow
@@ -339,7 +347,7 @@ def test_sigterm_saves_like_ctrl_c_and_resumes_exactly(data_root, tmp_path, monk
     import signal
 
     cfg = make_cfg(tmp_path, data_root, epochs=2, checkpoint_steps=100)
-    original, calls = train.Trainer.train_step, {"n": 0}
+    original, calls = Trainer.train_step, {"n": 0}
 
     def step_then_term(self, batch):
         calls["n"] += 1
@@ -348,13 +356,15 @@ def test_sigterm_saves_like_ctrl_c_and_resumes_exactly(data_root, tmp_path, monk
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    monkeypatch.setattr(train.Trainer, "train_step", step_then_term)
+    monkeypatch.setattr(Trainer, "train_step", step_then_term)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg, "run", progress=False)
-    monkeypatch.setattr(train.Trainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
-    assert train._tf().train.latest_checkpoint(str(folder)).endswith("ckpt-4")  # saved at the signal
+    assert (
+        utils.import_tensorflow().train.latest_checkpoint(str(folder)).endswith("ckpt-4")
+    )  # saved at the signal
     train.train(cfg, "run", resume=True, progress=False)
     assert_same_weights(latest_weights(cfg), straight_weights)
 
@@ -369,7 +379,7 @@ def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
     with pytest.raises(RuntimeError, match="killed"):
         train.train(cfg, "run", progress=False)
     folder = Path(cfg["paths"]["checkpoint_dir"]) / "run"
-    assert Path(train._tf().train.latest_checkpoint(str(folder))).name == "ckpt-4"
+    assert Path(utils.import_tensorflow().train.latest_checkpoint(str(folder))).name == "ckpt-4"
     restore()
     train.train(cfg, "run", resume=True, progress=False)
     assert_same_weights(latest_weights(cfg), straight_weights)
@@ -377,7 +387,7 @@ def test_crash_without_the_ctrl_c_save_resumes_from_the_last_step_checkpoint(
 
 def fake_run_folder(cfg, run: str = "run") -> Path:
     """A run folder with a (tiny) checkpoint and cfg saved as its config.ini, as train.py leaves it."""
-    tf = train._tf()
+    tf = utils.import_tensorflow()
     folder = Path(cfg["paths"]["checkpoint_dir"]) / run
     folder.mkdir(parents=True)
     tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1)), str(folder), 1).save()
@@ -386,29 +396,25 @@ def fake_run_folder(cfg, run: str = "run") -> Path:
 
 
 def test_learning_rate_halves_every_lr_halving_steps(tmp_path):
-    cfg = utils.load_config(train.utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3"])
-    assert train.learning_rate_schedule(train.TrainParams.from_config(cfg)) == pytest.approx(1e-3)
-    cfg = utils.load_config(
-        train.utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3", "train.lr_halving_steps=100"]
-    )
-    schedule = train.learning_rate_schedule(train.TrainParams.from_config(cfg))
+    cfg = utils.load_config(utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3"])
+    assert training_data.learning_rate_schedule(TrainParams.from_config(cfg)) == pytest.approx(1e-3)
+    cfg = utils.load_config(utils.DEFAULT_CONFIG, ["train.learning_rate=1e-3", "train.lr_halving_steps=100"])
+    schedule = training_data.learning_rate_schedule(TrainParams.from_config(cfg))
     for step, expected in [(0, 1e-3), (100, 5e-4), (250, 1e-3 * 0.5**2.5)]:
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(utils.PipelineError, match="lr_halving_steps"):
-        train.TrainParams.from_config(
-            utils.load_config(train.utils.DEFAULT_CONFIG, ["train.lr_halving_steps=-1"])
-        )
+        TrainParams.from_config(utils.load_config(utils.DEFAULT_CONFIG, ["train.lr_halving_steps=-1"]))
 
 
 def test_every_train_key_is_either_fixed_or_resumable_and_defaults_match_config_ini():
     from dataclasses import fields
 
-    names = [f.name for f in fields(train.TrainParams)]
-    assert sorted(train.FIXED_TRAIN_KEYS + train.RESUMABLE_TRAIN_KEYS) == sorted(names)
-    assert not set(train.FIXED_TRAIN_KEYS) & set(train.RESUMABLE_TRAIN_KEYS)
+    names = [f.name for f in fields(TrainParams)]
+    assert sorted(train_settings.FIXED_TRAIN_KEYS + train_settings.RESUMABLE_TRAIN_KEYS) == sorted(names)
+    assert not set(train_settings.FIXED_TRAIN_KEYS) & set(train_settings.RESUMABLE_TRAIN_KEYS)
     # one default per key: TrainParams' defaults are config.ini's
     shipped = utils.load_config(utils.DEFAULT_CONFIG)
-    assert train.TrainParams.from_config(shipped) == train.TrainParams()
+    assert TrainParams.from_config(shipped) == TrainParams()
 
 
 @pytest.mark.slow
@@ -432,8 +438,10 @@ def test_resume_refuses_changed_loss_and_training_settings(data_root, tmp_path):
         "train.audio_examples=0",
         "train.learning_rate=1e-3",  # saved as 0.001: the same number
     ]
-    dirs = train.RunDirs.from_config(cfg, "run")
-    assert train.prepare_run(utils.load_config(tmp_path / "config.ini", allowed), dirs, True, False) is True
+    dirs = RunDirs.from_config(cfg, "run")
+    assert (
+        run_folder.prepare_run(utils.load_config(tmp_path / "config.ini", allowed), dirs, True, False) is True
+    )
 
 
 @pytest.mark.slow
@@ -457,7 +465,7 @@ def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, 
     assert any("update skipped" in r.message for r in caplog.records)
     trainer = make_trainer(cfg)
     folder = Path(cfg["paths"]["checkpoint_dir"]) / "nan"
-    latest = train._tf().train.latest_checkpoint(str(folder))
+    latest = utils.import_tensorflow().train.latest_checkpoint(str(folder))
     assert latest is not None
     trainer.checkpoint.restore(latest).expect_partial()
     assert int(trainer.step.numpy()) == 2 and int(trainer.optimizer.iterations.numpy()) == 0
@@ -466,8 +474,8 @@ def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, 
 
 def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root, validation_files=3)
-    params = train.TrainParams.from_config(cfg)
-    validator = train.Validator(cfg, params, STFT.load_cache(STFT.cache_dir(cfg, "testing")))
+    params = TrainParams.from_config(cfg)
+    validator = validation.Validator(cfg, params, STFT.load_cache(STFT.cache_dir(cfg, "testing")))
 
     class Silencer:  # a "model" that outputs silence for the first validation file only
         def enhance(self, noisy, clean):
@@ -475,18 +483,18 @@ def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, t
             S_hat = noisy * (0 if first else 1)
             return S_hat, np.zeros((*noisy.shape, 2), np.float32), np.zeros(len(noisy), np.float32)
 
-    identity = train.summarize_validation(
+    identity = validation.summarize_validation(
         [{"si_sdr": ex.noisy_scores["si_sdr"], "loss": 0.1} for ex in validator.examples]
     )
     val, _ = validator.run(Silencer())
     assert val["si_sdr_failed"] == 1 and val["sdr_failed"] == 1 and val["snr_failed"] == 0
     # the silenced file weighs in at FAILED_DB: silencing cannot beat passing the input through
     others = [ex.noisy_scores["si_sdr"] for ex in validator.examples[1:]]
-    assert val["si_sdr"] == pytest.approx((train.FAILED_DB + sum(others)) / 3, abs=0.1)
+    assert val["si_sdr"] == pytest.approx((validation.FAILED_DB + sum(others)) / 3, abs=0.1)
     assert val["si_sdr"] < identity["si_sdr"]
     rows = [{"si_sdr": 10.0, "loss": 1.0}, {"si_sdr": 10.0, "loss": np.nan}, {"si_sdr": np.nan, "loss": 3.0}]
-    summary = train.summarize_validation(rows)
-    assert summary["si_sdr"] < train.summarize_validation([{"si_sdr": 8.0, "loss": 1.0}] * 3)["si_sdr"]
+    summary = validation.summarize_validation(rows)
+    assert summary["si_sdr"] < validation.summarize_validation([{"si_sdr": 8.0, "loss": 1.0}] * 3)["si_sdr"]
     assert summary["loss"] == 2.0 and summary["si_sdr_failed"] == 1
 
 
@@ -501,14 +509,15 @@ REPLICA_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import STFT, train, utils
     cfg = utils.load_config(sys.argv[1])
-    params = train.TrainParams.from_config(cfg)
+    params = TrainParams.from_config(cfg)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
-    batch = train.load_crops(cache, np.arange(4), np.array([0, 5, 0, 9]), train.crop_frames(cfg, params))
+    crop = training_data.crop_frames(cfg, params)
+    batch = training_data.load_crops(cache, np.arange(4), np.array([0, 5, 0, 9]), crop)
     out = {}
     for name in ("default", "mirrored"):
-        train._seed_everything(params.seed, deterministic=False)
-        strategy = train.make_strategy(name)
-        trainer = train.Trainer(cfg, params, strategy)
+        seed_everything(params.seed, deterministic=False)
+        strategy = make_strategy(name)
+        trainer = Trainer(cfg, params, strategy)
         ds = tf.data.Dataset.from_tensors(batch)
         if strategy.num_replicas_in_sync > 1:
             ds = strategy.experimental_distribute_dataset(ds)
@@ -653,8 +662,8 @@ def otf_cfg(tmp_path: Path, data_root: Path, sources: dict, **train_values):
 
 
 def make_mixer(cfg) -> mixing.OnTheFlyMixer:
-    params = train.TrainParams.from_config(cfg)
-    return mixing.OnTheFlyMixer.from_config(cfg, params, train.crop_frames(cfg, params))
+    params = TrainParams.from_config(cfg)
+    return mixing.OnTheFlyMixer.from_config(cfg, params, training_data.crop_frames(cfg, params))
 
 
 def snr_db(speech: np.ndarray, noise: np.ndarray) -> float:
@@ -664,14 +673,14 @@ def snr_db(speech: np.ndarray, noise: np.ndarray) -> float:
 
 def test_on_the_fly_settings_are_parsed_and_checked(tmp_path):
     cfg = utils.load_config(write_config(tmp_path), ["train.on_the_fly=yes", "train.augment= reverb, EQ "])
-    p = train.TrainParams.from_config(cfg)
+    p = TrainParams.from_config(cfg)
     assert p.on_the_fly is True and p.augment == "eq,reverb" and p.augmentations == ("eq", "reverb")
-    assert train.TrainParams.from_config(utils.load_config(write_config(tmp_path))).on_the_fly is False
+    assert TrainParams.from_config(utils.load_config(write_config(tmp_path))).on_the_fly is False
     for bad, match in (("train.on_the_fly=maybe", "true or false"), ("train.augment=eq,echo", "unknown echo"),
                        ("train.level_db_min=9", "level_db_min <= level_db_max"),
                        ("train.examples_per_epoch=-1", ">= 0")):  # fmt: skip
         with pytest.raises(utils.PipelineError, match=match):
-            train.TrainParams.from_config(utils.load_config(write_config(tmp_path), [bad]))
+            TrainParams.from_config(utils.load_config(write_config(tmp_path), [bad]))
     # sources and SNR range: data/config.ini (or [train] data_config), then --set data.KEY=VALUE
     data_cfg = tmp_path / "mydata.ini"
     data_cfg.write_text("[data]\nclean_train_path = c\nnoise_train_path = n\nSNR_lower = -2\nSNR_upper = 4\n")
@@ -800,9 +809,9 @@ def test_resume_refuses_changed_on_the_fly_settings(data_root, tmp_path, mix_sou
         key = override.split("=")[0].split(".")[1]
         with pytest.raises(utils.PipelineError, match=rf"--resume with other settings.*{key}"):
             train.train(changed, "run", resume=True, progress=False)
-    dirs = train.RunDirs.from_config(cfg, "run")
+    dirs = RunDirs.from_config(cfg, "run")
     allowed = utils.load_config(tmp_path / "config.ini", ["train.epochs=4", "data.SNR_upper=15.0"])
-    assert train.prepare_run(allowed, dirs, True, False) is True
+    assert run_folder.prepare_run(allowed, dirs, True, False) is True
 
 
 # ----------------------------------------------------------------------------- recipe options
@@ -850,19 +859,17 @@ def test_spectral_tilt_level_modulation_and_transients():
 
 def test_warm_up_and_cosine_decay(tmp_path):
     sets = ["train.learning_rate=1e-3", "train.warmup_steps=100", "train.cosine_steps=1000"]
-    schedule = train.learning_rate_schedule(
-        train.TrainParams.from_config(utils.load_config(train.utils.DEFAULT_CONFIG, sets))
+    schedule = training_data.learning_rate_schedule(
+        TrainParams.from_config(utils.load_config(utils.DEFAULT_CONFIG, sets))
     )
     lr = {s: float(schedule(s)) for s in (0, 50, 100, 600, 1100, 5000)}
     assert lr[0] == pytest.approx(0) and lr[50] == pytest.approx(5e-4) and lr[100] == pytest.approx(1e-3)
-    floor = train.COSINE_FLOOR * 1e-3
+    floor = training_data.COSINE_FLOOR * 1e-3
     assert lr[600] == pytest.approx(floor + (1e-3 - floor) * 0.5, rel=1e-4)  # half way down the cosine
     assert lr[1100] == pytest.approx(floor, rel=1e-4) and lr[5000] == pytest.approx(floor, rel=1e-4)
     with pytest.raises(utils.PipelineError, match="choose one decay"):
-        train.TrainParams.from_config(
-            utils.load_config(
-                train.utils.DEFAULT_CONFIG, ["train.lr_halving_steps=10", "train.cosine_steps=10"]
-            )
+        TrainParams.from_config(
+            utils.load_config(utils.DEFAULT_CONFIG, ["train.lr_halving_steps=10", "train.cosine_steps=10"])
         )
 
 
@@ -875,8 +882,8 @@ def test_init_weights_start_a_new_run_from_saved_weights(data_root, tmp_path):
     cfg = make_cfg(
         tmp_path / "run", data_root, init_weights=str(tmp_path / "init" / "model.weights.h5"), epochs="1"
     )
-    params = train.TrainParams.from_config(cfg)
-    run = train.Run(cfg, params, train.RunDirs.from_config(cfg, "run"), train.make_strategy("default"),
+    params = TrainParams.from_config(cfg)
+    run = train.Run(cfg, params, RunDirs.from_config(cfg, "run"), make_strategy("default"),
                     restoring=False, progress=False)  # fmt: skip
     for a, b in zip(run.trainer.model.get_weights(), source.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -917,20 +924,14 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temp(data_root,
 def test_checkpoint_error_message(tmp_path, capsys):
     import tensorflow as tf
 
-    class Run:
-        ckpt_dir = tmp_path
-
-        class manager:  # noqa: N801
-            @staticmethod
-            def save(checkpoint_number):
-                (tmp_path / "ckpt-3_temp").mkdir()
-                raise tf.errors.UnknownError(None, None, "write failed: No space left on device\nmore")
-
-        def value(self, name):
-            return 3
+    class Manager:
+        @staticmethod
+        def save(checkpoint_number):
+            (tmp_path / f"ckpt-{checkpoint_number}_temp").mkdir()
+            raise tf.errors.UnknownError(None, None, "write failed: No space left on device\nmore")
 
     with pytest.raises(utils.PipelineError) as e:
-        train.Run._save_checkpoint(Run())
+        run_folder.save_checkpoint(Manager(), tmp_path, 3)
     assert str(e.value) == f"{tmp_path}: checkpoint not saved: disk full"
     assert list(tmp_path.iterdir()) == []
 
@@ -939,15 +940,15 @@ def test_plateau_rule():
     def rows(*scores):
         return [{"epoch": i + 1, "validation": {"si_sdr": s}} for i, s in enumerate(scores)]
 
-    assert not train.plateaued(rows(1.0, 2.0, 2.5), 2, 0.05)  # still rising
-    assert train.plateaued(rows(1.0, 2.0, 2.04, 2.05), 2, 0.05)  # two epochs within 0.05 of 2.0
-    assert not train.plateaued(rows(1.0, 2.0, 2.04, 2.06), 2, 0.05)
-    assert not train.plateaued(rows(3.0, 2.0), 2, 0.05)  # too few validations to judge
-    assert not train.plateaued(rows(3.0, 2.0, 1.0), 0, 0.05)  # patience 0: never
-    assert train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=3)
-    assert not train.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=4)  # a lucky first epoch
+    assert not run_folder.plateaued(rows(1.0, 2.0, 2.5), 2, 0.05)  # still rising
+    assert run_folder.plateaued(rows(1.0, 2.0, 2.04, 2.05), 2, 0.05)  # two epochs within 0.05 of 2.0
+    assert not run_folder.plateaued(rows(1.0, 2.0, 2.04, 2.06), 2, 0.05)
+    assert not run_folder.plateaued(rows(3.0, 2.0), 2, 0.05)  # too few validations to judge
+    assert not run_folder.plateaued(rows(3.0, 2.0, 1.0), 0, 0.05)  # patience 0: never
+    assert run_folder.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=3)
+    assert not run_folder.plateaued(rows(3.0, 2.0, 1.0), 2, 0.05, min_epochs=4)  # a lucky first epoch
     unvalidated = [{"epoch": 9, "validation": None}]
-    assert train.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
+    assert run_folder.plateaued(rows(2.0, 1.0) + unvalidated, 1, 0.0)  # epochs without validation are skipped
 
 
 @pytest.mark.slow
@@ -959,13 +960,13 @@ def test_early_stopping_ends_the_run_and_a_resume_does_not_restart_it(data_root,
     train.train(cfg, "run", resume=True, progress=False)
     assert len((folder / "history.jsonl").read_text().splitlines()) == 2
     with pytest.raises(utils.PipelineError, match="min_delta"):
-        train.TrainParams.from_config(utils.load_config(train.utils.DEFAULT_CONFIG, ["train.min_delta=-1"]))
+        TrainParams.from_config(utils.load_config(utils.DEFAULT_CONFIG, ["train.min_delta=-1"]))
 
 
 def test_resume_treats_a_newer_key_as_its_default(tmp_config):
     # a run saved before [model] lookahead_mode existed had the delayed output: it resumes unchanged
     saved = utils.load_config(tmp_config)
     saved.remove_option("model", "lookahead_mode")
-    assert train._resume_conflicts(saved, utils.load_config(tmp_config)) == []
+    assert run_folder._resume_conflicts(saved, utils.load_config(tmp_config)) == []
     other = utils.load_config(tmp_config, ["model.lookahead_mode=context"])
-    assert train._resume_conflicts(saved, other) == ["[model] lookahead_mode delay -> context"]
+    assert run_folder._resume_conflicts(saved, other) == ["[model] lookahead_mode delay -> context"]
