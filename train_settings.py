@@ -29,8 +29,6 @@ RESUMABLE_TRAIN_KEYS = (
     "epochs", "validation_interval", "checkpoint_steps", "audio_examples", "max_nonfinite_steps",
     "deterministic", "run_name", "data_config", "patience", "min_delta", "min_epochs",
 )  # fmt: skip
-# A validation file whose SDR / SI-SDR / SNR(i) failed (silent or non-finite output) counts as this
-# many dB in the epoch mean, so silencing files can never raise the score that picks best/.
 
 
 @dataclass(frozen=True)
