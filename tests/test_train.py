@@ -507,7 +507,9 @@ REPLICA_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import STFT, train, utils
+    import STFT, train, training_data, utils
+    from train_settings import TrainParams
+    from trainer import Trainer, make_strategy, seed_everything
     cfg = utils.load_config(sys.argv[1])
     params = TrainParams.from_config(cfg)
     cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
