@@ -73,8 +73,8 @@ import numpy as np
 import run_folder
 import STFT
 import train
-import train_settings
 import utils
+from train_settings import RESUMABLE_TRAIN_KEYS, TrainParams
 
 STUDY = "study_lookahead"
 DEFAULT_LOOKAHEADS = "0,1,2,5,10,20"
@@ -83,7 +83,7 @@ MODEL_SECTIONS = ("STFT", "features", "model", "loss")
 # They are train.py's resumable keys less validation_interval (it decides which epochs are validated,
 # hence which one best/ holds: the model the study scores) and data_config (the study hashes it with
 # the other training settings).
-BOOKKEEPING_KEYS = set(train_settings.RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
+BOOKKEEPING_KEYS = set(RESUMABLE_TRAIN_KEYS) - {"validation_interval", "data_config"}
 # Keys added after studies were run, left out of the settings hash at their default (the behaviour
 # runs made before them had), so that adding a key never invalidates a finished run.
 LATER_KEYS = {
@@ -960,7 +960,7 @@ def main(argv=None) -> int:
     out = (args.out or utils.get_path(cfg, "results_dir") / f"lookahead{suffix}").resolve()
     check_inputs(cfg)
 
-    params = train_settings.TrainParams.from_config(cfg)
+    params = TrainParams.from_config(cfg)
     oracles = [] if args.no_oracles or args.quick else list(utils.config_value(cfg, "evaluate", "oracles"))
     if params.seed in seeds:
         raise utils.PipelineError(f"--extra-seeds: {params.seed} is the study's own [train] seed")
