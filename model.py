@@ -480,6 +480,12 @@ def _require_causal(cfg) -> ModelParams:
     return p
 
 
+def _per_layer(states: list, p: ModelParams) -> list[list]:
+    """The recurrent states of state_specs (after any norm state) grouped per layer: [h, c] or [h]."""
+    k = 2 if p.cell == "lstm" else 1
+    return [states[i * k : (i + 1) * k] for i in range(p.lstm_layers)]
+
+
 def _stateful_norm(model: keras.Model, graph: str) -> CausalInputNorm:
     """The model's input norm for a stateful graph: a twin built from its config (it has no weights;
     Keras cannot reuse a layer called without state in a graph that calls it with state)."""
@@ -510,9 +516,7 @@ def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
         new_states.append(norm)
     x = layers.Reshape((n_bins * channels,), name="step_flatten")(x)
     x = model.get_layer("projection")(x)
-    per_layer = 2 if p.cell == "lstm" else 1
-    for i in range(p.lstm_layers):
-        mine, rest = rest[:per_layer], rest[per_layer:]
+    for i, mine in enumerate(_per_layer(rest, p)):
         x, new = model.get_layer(rnn_layer_name(p, i)).cell(x, mine)
         new_states += list(new) if isinstance(new, (list, tuple)) else [new]
     for i in range(p.dense_layers):
@@ -574,9 +578,7 @@ def chunk_model(model, cfg):
         new_states.append(norm)
     x = keras.layers.Reshape((-1, n_bins * channels), name="chunk_flatten")(x)
     x = model.get_layer("projection")(x)
-    per_layer = 2 if p.cell == "lstm" else 1
-    for i in range(p.lstm_layers):
-        mine, rest = rest[:per_layer], rest[per_layer:]
+    for i, mine in enumerate(_per_layer(rest, p)):
         orig = model.get_layer(rnn_layer_name(p, i))
         # Same layer class and weights, but returning its final state (Keras layers cannot change that).
         rnn = orig.__class__.from_config(

@@ -129,8 +129,21 @@ def _lstm_infer_scan(z, h0, c0, U):
     return hs, cs[-1]
 
 
+class _FastLoop:
+    """What FastLSTM and FastGRU add to their Keras layer: the `xla` switch of the training loop, and the
+    cell renamed after the layer (a step model calling several cells needs unique operation names)."""
+
+    def __init__(self, units, xla: bool = True, **kwargs):
+        super().__init__(units, **kwargs)
+        self.xla = bool(xla)
+        self.cell.name = f"{self.name}_cell"
+
+    def get_config(self):
+        return {**super().get_config(), "xla": self.xla}
+
+
 @keras.saving.register_keras_serializable(package="se")
-class FastLSTM(layers.LSTM):
+class FastLSTM(_FastLoop, layers.LSTM):
     """keras LSTM (same weights, same cell, same results) with a faster CPU loop.
 
     Stock Keras multiplies each step's input by the kernel inside the time loop and lets autodiff
@@ -141,14 +154,6 @@ class FastLSTM(layers.LSTM):
     directly (the cell is renamed after the layer so a step model calling several cells has unique
     operation names).
     """
-
-    def __init__(self, units, xla: bool = True, **kwargs):
-        super().__init__(units, **kwargs)
-        self.xla = bool(xla)
-        self.cell.name = f"{self.name}_cell"
-
-    def get_config(self):
-        return {**super().get_config(), "xla": self.xla}
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not _fast_path(self, mask, training):
@@ -242,16 +247,8 @@ def _gru_infer_scan(z, h0, U, b):
 
 
 @keras.saving.register_keras_serializable(package="se")
-class FastGRU(layers.GRU):
+class FastGRU(_FastLoop, layers.GRU):
     """keras GRU (reset_after=True, Keras' default) with the fast CPU loop of FastLSTM."""
-
-    def __init__(self, units, xla: bool = True, **kwargs):
-        super().__init__(units, **kwargs)
-        self.xla = bool(xla)
-        self.cell.name = f"{self.name}_cell"
-
-    def get_config(self):
-        return {**super().get_config(), "xla": self.xla}
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not (_fast_path(self, mask, training) and self.cell.reset_after):
