@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import STFT
+import spectral
 import tflite_step
 import utils
 from streaming import AlignedStream, FrameStream, HopStream, RealtimeStream  # (`streaming` is a flag here)
@@ -81,8 +81,8 @@ class BaseEnhancer:
     _enhance_model_rate(x (C, N)) -> (C, N).
     """
 
-    sp: STFT.StftParams
-    fp: STFT.FeatureParams
+    sp: spectral.StftParams
+    fp: spectral.FeatureParams
     causal: bool = True
     lookahead: int = 0
     source: str = ""
@@ -252,7 +252,7 @@ class Enhancer(BaseEnhancer):
         if engine not in ENGINES:
             raise ValueError(f"engine={engine!r}: choose from {', '.join(ENGINES)}")
         self.model, self.cfg, self.source, self.engine = model, cfg, source, engine
-        self.sp, self.fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+        self.sp, self.fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
         params = M.ModelParams.from_config(cfg)
         self.causal = params.streamable  # a future-context model runs whole clips, like a bidirectional one
         self.lookahead = params.lookahead_frames if self.causal else 0
@@ -299,8 +299,8 @@ class Enhancer(BaseEnhancer):
         """(C, N) at the model rate -> (C, N): the whole-clip reference (STFT, model, iSTFT)."""
         import model as M
 
-        S_hat = M.enhance_spectrogram(self.model, STFT.stft(x, self.sp), self.cfg)
-        return STFT.istft(S_hat, self.sp, length=x.shape[-1])
+        S_hat = M.enhance_spectrogram(self.model, spectral.stft(x, self.sp), self.cfg)
+        return spectral.istft(S_hat, self.sp, length=x.shape[-1])
 
 
 class TFLiteEnhancer(BaseEnhancer):
@@ -334,8 +334,8 @@ class TFLiteEnhancer(BaseEnhancer):
             raise utils.PipelineError(f"{path}: not found")
         self.path, self.num_threads = path, num_threads
         s, f = self.meta["stft"], self.meta["features"]
-        self.sp = STFT.StftParams(s["sample_rate"], s["win_length"], s["hop"], s["n_fft"])
-        self.fp = STFT.FeatureParams(f["compression"], f["delta_phase"], f["deviation"])
+        self.sp = spectral.StftParams(s["sample_rate"], s["win_length"], s["hop"], s["n_fft"])
+        self.fp = spectral.FeatureParams(f["compression"], f["delta_phase"], f["deviation"])
         self.causal, self.lookahead = True, int(self.meta["lookahead_frames"])
         self.source = str(path)
         config = folder / "config.ini"

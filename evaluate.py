@@ -60,7 +60,7 @@ import listening_page
 import manifests
 import metrics
 import shards
-import STFT
+import spectral
 import utils
 
 ORACLES = ("irm", "psm", "icm")
@@ -98,13 +98,13 @@ def oracle_mask(
     raise ValueError(f"unknown oracle {kind!r}; choose from {ORACLES}")
 
 
-def oracle_estimates(kinds, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> dict:
+def oracle_estimates(kinds, clean, noise, noisy, p: spectral.StftParams, bound: float = math.inf) -> dict:
     """Waveforms of the oracle-masked noisy input, istft(M * X), one per kind, length of `noisy`."""
-    S, N, X = (STFT.stft(x, p) for x in (clean, noise, noisy))
-    return {k: STFT.istft(oracle_mask(k, S, N, X, bound) * X, p, len(noisy)) for k in kinds}
+    S, N, X = (spectral.stft(x, p) for x in (clean, noise, noisy))
+    return {k: spectral.istft(oracle_mask(k, S, N, X, bound) * X, p, len(noisy)) for k in kinds}
 
 
-def oracle_estimate(kind, clean, noise, noisy, p: STFT.StftParams, bound: float = math.inf) -> np.ndarray:
+def oracle_estimate(kind, clean, noise, noisy, p: spectral.StftParams, bound: float = math.inf) -> np.ndarray:
     """One oracle's waveform (see oracle_estimates)."""
     return oracle_estimates([kind], clean, noise, noisy, p, bound)[kind]
 
@@ -378,9 +378,9 @@ def _model_outputs(loaded, tasks, sr, p, batch_size):
 
     def flush(batch):
         try:
-            X = np.stack([STFT.stft(x, p) for _, x in batch])
+            X = np.stack([spectral.stft(x, p) for _, x in batch])
             S_hat = np.asarray(model_lib.enhance_spectrogram(net, X, mcfg))
-            ys = STFT.istft(S_hat, p, len(batch[0][1]))
+            ys = spectral.istft(S_hat, p, len(batch[0][1]))
         except Exception as e:  # e.g. out of memory: these files are recorded as missing, the rest go on
             for task, _ in batch:
                 yield task, None, f"model inference: {type(e).__name__}: {str(e)[:150]}"
@@ -405,7 +405,7 @@ def _model_outputs(loaded, tasks, sr, p, batch_size):
         yield from flush(batch)
 
 
-def page_audio(tasks, loaded, p: STFT.StftParams, baselines, batch_size: int = 8):
+def page_audio(tasks, loaded, p: spectral.StftParams, baselines, batch_size: int = 8):
     """Yields (index, {system: waveform}) for the listening page: the clean and noisy input, the
     model's output and each baseline's, recomputed for these few files the way score_task had them."""
     sr = p.sample_rate
@@ -664,7 +664,7 @@ def evaluate(
         mcfg = utils.load_config(model_dir / "config.ini")  # the transform the model was trained with
     manifest = utils.get_path(cfg, "data_dir") / "manifest_testing.csv"
     tasks = all_tasks = read_manifest(manifest, limit)
-    p = STFT.StftParams.from_config(mcfg)
+    p = spectral.StftParams.from_config(mcfg)
     metric_list, oracle_list = _metric_list(cfg), _oracle_list(cfg, oracles)
     skipped = {}
     for b in baselines:

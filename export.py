@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-import STFT
+import spectral
+import spectral_tf
 import tflite_step
 import utils
 
@@ -66,12 +67,12 @@ def _wave_function(model, cfg):
     import model as M
 
     tf = M.tf
-    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+    sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
 
     def fn(wave):
-        X = STFT.stft_tf(wave, sp)[None]  # (1, T, F)
-        mask = model(STFT.features_tf(X, fp, sp), training=False)  # lookahead pad/crop is in the model
-        return {"enhanced": STFT.istft_tf(M.apply_mask(X, mask)[0], sp, length=tf.shape(wave)[0])}
+        X = spectral_tf.stft_tf(wave, sp)[None]  # (1, T, F)
+        mask = model(spectral_tf.features_tf(X, fp, sp), training=False)  # lookahead pad/crop is in the model
+        return {"enhanced": spectral_tf.istft_tf(M.apply_mask(X, mask)[0], sp, length=tf.shape(wave)[0])}
 
     return tf.function(fn, input_signature=[tf.TensorSpec((None,), tf.float32, name="wave")])
 
@@ -129,7 +130,7 @@ def export(model_dir, out, quantize: bool = False) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = M.ModelParams.from_config(cfg)
-    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+    sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
     meta = {
         "format_version": 1,
         "model": str(Path(model_dir).resolve()),

@@ -147,10 +147,10 @@ def examples(model_dir: Path, data: Path, out: Path, n: int) -> None:
     import matplotlib.pyplot as plt
 
     import model as model_lib
-    import STFT
+    import spectral
 
     net, cfg = model_lib.load_trained(model_dir)
-    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+    sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
     meta = model_dir / "metrics.json"
     exclude = (
         set(json.loads(meta.read_text()).get("validation_manifest_indices", [])) if meta.is_file() else set()
@@ -162,8 +162,8 @@ def examples(model_dir: Path, data: Path, out: Path, n: int) -> None:
     for k, row in enumerate(rows):
         noisy, _ = utils.read_audio(data / row["noisy"], sp.sample_rate)
         clean, _ = utils.read_audio(data / row["clean"], sp.sample_rate)
-        X, S = STFT.stft(noisy, sp), STFT.stft(clean, sp)
-        mask = model_lib.mask_function(net)(STFT.features(X[None], fp, sp).astype(np.float32)).numpy()[0]
+        X, S = spectral.stft(noisy, sp), spectral.stft(clean, sp)
+        mask = model_lib.mask_function(net)(spectral.features(X[None], fp, sp).astype(np.float32)).numpy()[0]
         M = mask[..., 0] + 1j * mask[..., 1] if mask.ndim == 3 else mask
         Y = X * M
         ref = 20 * np.log10(np.max(np.abs(X)) + 1e-12)

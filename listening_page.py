@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import STFT
+import spectral
 import utils
 
 PAGE = "index.html"
@@ -123,9 +123,9 @@ def write_clip(path: Path, x: np.ndarray, sample_rate: int) -> None:
     utils.write_audio(path, np.asarray(x, np.float32), sample_rate, subtype="PCM_16")
 
 
-def spectrogram_db(x: np.ndarray, p: STFT.StftParams) -> np.ndarray:
+def spectrogram_db(x: np.ndarray, p: spectral.StftParams) -> np.ndarray:
     """(rows, columns) power in dB, low frequencies at the bottom, pooled to a small image."""
-    power = np.abs(STFT.stft(x, p)) ** 2  # (T, F)
+    power = np.abs(spectral.stft(x, p)) ** 2  # (T, F)
     t, f = power.shape
     step = max(1, -(-t // MAX_IMAGE_COLUMNS))
     power = np.pad(power, ((0, -t % step), (0, 0))).reshape(-1, step, f).mean(axis=1)
@@ -378,7 +378,7 @@ def write_page(
     summary: dict,
     rows: list[dict],
     audio_for: Callable[[list[int]], Iterable[tuple[int, dict]]],
-    stft_params: STFT.StftParams,
+    stft_params: spectral.StftParams,
     examples: int | str | None = DEFAULT_EXAMPLES,
     plots: Iterable[str] = (),
     title: str | None = None,

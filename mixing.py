@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import manifests
-import STFT
+import spectral
 import utils
 from augment import (
     AUGMENT_PROBABILITY,
@@ -136,7 +136,7 @@ def data_settings(cfg) -> dict:
     if "sample_rate" in values:  # mixed at the model's rate: [STFT] sample_rate (decoded at it below)
         own = cfg.has_option("data", "sample_rate")  # a --set data.sample_rate=... override
         source = getattr(cfg, "source", "config.ini")
-        rate = STFT.StftParams.from_config(cfg).sample_rate
+        rate = spectral.StftParams.from_config(cfg).sample_rate
         utils.check_sample_rates(values["sample_rate"], source if own else path, rate, source)
     return {k: values[k].strip() for k in MIX_DATA_KEYS}
 
@@ -190,7 +190,7 @@ class OnTheFlyMixer:
         anti-clipping gain on everything);
       * a level gain uniform in [level_db_min, level_db_max] dB on noisy, target and noise alike (SNR
         unchanged), lowered where max|noisy| would pass PEAK.
-    The spectra are STFT.stft of the crop; its first `crop` frames are kept (the flush frames are
+    The spectra are spectral.stft of the crop; its first `crop` frames are kept (the flush frames are
     dropped, as a crop of a cached clip ends inside the clip).
     """
 
@@ -205,7 +205,7 @@ class OnTheFlyMixer:
     def from_config(cls, cfg, params, crop: int, progress: bool = False) -> OnTheFlyMixer:
         """From the config's [data] sources and SNR range and the TrainParams `params` (train_settings.py);
         `crop` in frames."""
-        sp = STFT.StftParams.from_config(cfg)
+        sp = spectral.StftParams.from_config(cfg)
         d = data_settings(cfg)
         # typed and finite (parse_value); the one check left is their order
         snr_range = tuple(utils.parse_value("data", k, d[k], f"[data] {k}={d[k]!r}") for k in MIX_SNR_KEYS)
@@ -285,7 +285,7 @@ class OnTheFlyMixer:
     def spectra(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(noisy, clean) STFTs (crop, F) complex64 of example `index`."""
         ex = self.example(epoch, index)
-        X = STFT.stft(np.stack([ex.noisy, ex.clean]), self.sp)[:, : self.crop]
+        X = spectral.stft(np.stack([ex.noisy, ex.clean]), self.sp)[:, : self.crop]
         return X[0], X[1]
 
 

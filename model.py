@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-import STFT
+import spectral
 import streaming
 import utils
 from recurrent import FastGRU, FastLSTM
@@ -137,8 +137,8 @@ def _source(cfg) -> str:
     return Path(getattr(cfg, "source", "config.ini")).name if cfg is not None else "model.py"
 
 
-def _signal_params(cfg) -> tuple[STFT.StftParams, STFT.FeatureParams]:
-    return STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+def _signal_params(cfg) -> tuple[spectral.StftParams, spectral.FeatureParams]:
+    return spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
 
 
 def feature_shape(cfg) -> tuple[int, int]:
@@ -423,7 +423,7 @@ def enhance_spectrogram(model: keras.Model, X, cfg) -> np.ndarray:
         )
     single = X.ndim == 2
     Xb = X[None] if single else X
-    mask = mask_function(model)(tf.constant(STFT.features(Xb, fp, sp)))
+    mask = mask_function(model)(tf.constant(spectral.features(Xb, fp, sp)))
     S_hat = apply_mask(tf.constant(Xb), mask).numpy()
     return S_hat[0] if single else S_hat
 
@@ -500,7 +500,7 @@ def streaming_step_model(model: keras.Model, cfg) -> keras.Model:
     Outputs [mask (1, F, 2), *new states]             (network frame n for input frame n)
     Lookahead L is handled outside, as StreamingMask does: discard the first L masks (mask n is
     output frame n - L) and at the end of a stream feed L zero frames to emit the last L masks. Start
-    with all-zero states (what Keras uses for a whole clip). Feature frame n is STFT.features(X)[n],
+    with all-zero states (what Keras uses for a whole clip). Feature frame n is spectral.features(X)[n],
     which needs X[n - 1] for the delta phase (zero phase advance at n = 0).
     Converts with tf.lite.TFLiteConverter.from_keras_model: signature inputs frame, h_0, c_0, ...;
     outputs output_0 (mask), output_1... (new states in the input order).

@@ -123,9 +123,9 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
 
 
 def stft_shard_dir(cfg, split: str, shard: Shard):
-    import STFT
+    import stft_cache
 
-    target = STFT.cache_dir(cfg, split)
+    target = stft_cache.cache_dir(cfg, split)
     return target.with_name(f"{target.name}.{shard.label}")
 
 
@@ -153,9 +153,10 @@ def build_stft_shard(cfg, split: str, shard: Shard, workers: int = 1):
     import os
     import shutil
 
+    import spectral
     import STFT
 
-    p = STFT.StftParams.from_config(cfg)
+    p = spectral.StftParams.from_config(cfg)
     expected = STFT._expected_meta(cfg, split)
     rows, tasks, total_frames = STFT._plan_examples(cfg, expected)
     mine = shard.block(len(tasks))
@@ -202,8 +203,9 @@ def merge_stft(cfg, split: str, count: int):
     import numpy as np
 
     import STFT
+    import stft_cache
 
-    target = STFT.cache_dir(cfg, split)
+    target = stft_cache.cache_dir(cfg, split)
     expected = STFT._expected_meta(cfg, split)
     rows, tasks, total_frames = STFT._plan_examples(cfg, expected)
     folders = []

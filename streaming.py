@@ -2,7 +2,7 @@
 
 No TensorFlow here: with a TFLite runner (tflite_step.TFLiteRunner) a model runs on LiteRT alone.
 The Keras runners (model.StreamingMask, model.KerasChunkRunner), the TFLite runner and enhance.py's
-enhancers all build on this module; it imports only STFT.py (signal definitions) and numpy.
+enhancers all build on this module; it imports only spectral.py (signal definitions) and numpy.
 
 Runners turn feature frames into mask frames, oldest first. With lookahead L the network's output n is
 the mask of frame n - L: the first L outputs are dropped and L zero frames are fed at the end, exactly
@@ -27,7 +27,7 @@ import collections
 
 import numpy as np
 
-import STFT
+import spectral
 
 
 class MaskRunner:
@@ -85,14 +85,14 @@ class FrameStream:
     process(x) accepts any number of samples and returns the enhanced samples that no later input can
     change, aligned with the input (the k-th sample returned overall is enhanced input sample k);
     flush() returns the rest, so that the outputs add up to exactly as many samples as went in and
-    equal STFT.istft(S_hat, length=N) of the whole signal. State carried between calls: the last
+    equal spectral.istft(S_hat, length=N) of the whole signal. State carried between calls: the last
     win - hop input samples (frame history), the previous STFT frame (delta phase), the frames waiting
     for their mask (lookahead), the runner's recurrent state and the overlap-add accumulators.
     """
 
-    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
+    def __init__(self, runner, sp: spectral.StftParams, fp: spectral.FeatureParams):
         self.runner, self.sp, self.fp = runner, sp, fp
-        self.window = STFT.window(sp)
+        self.window = spectral.window(sp)
         self.reset()
 
     def reset(self) -> None:
@@ -125,7 +125,7 @@ class FrameStream:
         return self._synthesise(X, masks, final=False)
 
     def flush(self) -> np.ndarray:
-        """Zero-pads the last frame as STFT.stft does, drains the lookahead and returns the tail."""
+        """Zero-pads the last frame as spectral.stft does, drains the lookahead and returns the tail."""
         sp = self.sp
         missing = sp.n_frames(self.n_in) - self.frames_in
         X = np.zeros((0, sp.n_bins), np.complex64)
@@ -152,9 +152,9 @@ class FrameStream:
         # The previous frame goes first so the delta phase of X[0] is the whole-signal one. The first frame
         # of a stream has none (its delta phase is 0 by definition: angle(X * conj(0)) could be pi).
         if self.prev is None:
-            feats = STFT.features(X, self.fp, self.sp)
+            feats = spectral.features(X, self.fp, self.sp)
         else:
-            feats = STFT.features(np.concatenate([self.prev[None], X]), self.fp, self.sp)[1:]
+            feats = spectral.features(np.concatenate([self.prev[None], X]), self.fp, self.sp)[1:]
         self.prev = X[-1]
         return feats
 
@@ -205,16 +205,16 @@ class HopStream:
     """FrameStream for a frame runner: one hop of input -> one frame through the network -> one hop out.
 
     Same interface and output as FrameStream (exactly as many samples out as in over process() calls
-    plus flush(), equal to STFT.istft of the whole signal), but each 10-ms frame takes the short path a
+    plus flush(), equal to spectral.istft of the whole signal), but each 10-ms frame takes the short path a
     real-time system runs: window and rfft of the last win_length samples, the features of that one
     frame, runner.step, complex product, irfft and overlap-add into a win - hop tail, in fixed buffers.
     Every output sample lies at a padded position >= win - hop, where all the frames that cover it
     exist, so the overlap-add normalisation is one precomputed hop-periodic window sum.
     """
 
-    def __init__(self, runner, sp: STFT.StftParams, fp: STFT.FeatureParams):
+    def __init__(self, runner, sp: spectral.StftParams, fp: spectral.FeatureParams):
         self.runner, self.sp, self.fp = runner, sp, fp
-        self.window = STFT.window(sp)
+        self.window = spectral.window(sp)
         w2 = self.window.astype(np.float64) ** 2
         norm = np.zeros(sp.hop)
         for i in range(0, sp.win_length, sp.hop):
@@ -226,7 +226,7 @@ class HopStream:
         self.frame = np.zeros(sp.win_length, np.float32)  # the samples of the frame being filled
         self.padded = np.zeros(sp.n_fft, np.float32)  # windowed frame, zero-padded to n_fft
         self.feats = np.zeros((sp.n_bins, fp.channels), np.float32)
-        self._eps2 = np.float32(1e-24)  # STFT.compress eps (1e-12), squared: still a normal float32
+        self._eps2 = np.float32(1e-24)  # spectral.compress eps (1e-12), squared: still a normal float32
         self._half_p1 = np.float32((fp.compression - 1.0) / 2.0)
         self.reset()
 
@@ -260,7 +260,7 @@ class HopStream:
         return self._collect(out)
 
     def flush(self) -> np.ndarray:
-        """Zero-pads the last frames as STFT.stft does, drains the lookahead and returns the tail."""
+        """Zero-pads the last frames as spectral.stft does, drains the lookahead and returns the tail."""
         out = []
         for _ in range(self.sp.n_frames(self.n_in) - self.frames_in):
             self.frame[self.sp.pad_front + self.fill :] = 0
@@ -284,12 +284,12 @@ class HopStream:
         return _EMPTY if mask is None else self._synthesise(mask)
 
     def _features(self, X: np.ndarray) -> None:
-        """STFT.features of frame X (previous frame self.prev) into self.feats, in a few vector ops.
+        """spectral.features of frame X (previous frame self.prev) into self.feats, in a few vector ops.
 
         The per-frame path avoids transcendental passes where it can (profiled: they were a third of
         the numpy time per hop): |X|^p / max(|X|, eps) as one power of |X|^2, and cos/sin of the delta
         phase as Re/Im of X conj(X[t-1]) over its modulus instead of angle() then cos() and sin(). Equal
-        to STFT.features to float32 rounding (tests/test_enhance.py::test_hop_stream_*).
+        to spectral.features to float32 rounding (tests/test_enhance.py::test_hop_stream_*).
         """
         fp = self.fp
         re, im = X.real, X.imag
@@ -302,7 +302,7 @@ class HopStream:
             if self.prev is None:  # dphi[0] = 0 by definition (angle(X * conj(0)) could be pi)
                 self.feats[:, 2:] = (1.0, 0.0)
             elif fp.deviation:
-                d = STFT.wrap(np.angle(X * self.prev.conj()) - self.advance).astype(np.float32)
+                d = spectral.wrap(np.angle(X * self.prev.conj()) - self.advance).astype(np.float32)
                 np.cos(d, out=self.feats[:, 2])
                 np.sin(d, out=self.feats[:, 3])
             else:

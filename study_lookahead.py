@@ -70,8 +70,10 @@ from pathlib import Path
 
 import numpy as np
 
+import manifests
 import run_folder
 import STFT
+import stft_cache
 import train
 import utils
 from train_settings import RESUMABLE_TRAIN_KEYS, TrainParams
@@ -219,11 +221,11 @@ def parse_seeds(text: str | None) -> list[int]:
 def check_inputs(cfg) -> None:
     """Data-prep manifests and up-to-date STFT caches of both splits, else one line saying what to run."""
     fix = "run data/data_prep.py and STFT.py with this config first (or `make demo`)"
-    for split in STFT.SPLITS:
-        manifest = STFT.manifest_path(cfg, split)
+    for split in manifests.SPLITS:
+        manifest = manifests.path(cfg, split)
         if not manifest.is_file():
             raise utils.PipelineError(f"study_lookahead.py: {manifest} not found; {fix}")
-        folder = STFT.cache_dir(cfg, split)
+        folder = stft_cache.cache_dir(cfg, split)
         try:
             fresh = STFT.is_up_to_date(cfg, split)
         except utils.PipelineError as e:
@@ -256,8 +258,8 @@ def _file_sha(path: Path) -> str:
 def data_fingerprint(cfg) -> dict:
     """What the caches were built from (manifest and source-file hashes from their meta.json)."""
     out = {}
-    for split in STFT.SPLITS:
-        meta = json.loads((STFT.cache_dir(cfg, split) / "meta.json").read_text())
+    for split in manifests.SPLITS:
+        meta = json.loads((stft_cache.cache_dir(cfg, split) / "meta.json").read_text())
         out[split] = {k: meta.get(k) for k in ("manifest_sha256", "sources_sha256", "config_sha256")}
     return out
 
@@ -398,7 +400,7 @@ def eval_settings(entry: Entry, train_key: str, epochs: int, limit, oracles: lis
         "metrics": _norm(c.get("evaluate", "metrics", fallback="")),
         "limit": limit,
         "oracles": oracles,
-        "test_manifest": _file_sha(STFT.manifest_path(c, "testing")),
+        "test_manifest": _file_sha(manifests.path(c, "testing")),
     }
 
 
@@ -461,7 +463,7 @@ def ensure_references(cfg, folder: Path, oracles, baselines, limit, workers, pro
         "baselines": list(baselines),
         "metrics": _norm(cfg.get("evaluate", "metrics", fallback="")),
         "limit": limit,
-        "test_manifest": _file_sha(STFT.manifest_path(cfg, "testing")),
+        "test_manifest": _file_sha(manifests.path(cfg, "testing")),
     }
     record = read_json(folder / "study.json")
     if record and record.get("key") == _digest(settings) and (folder / "results.csv").is_file():
@@ -998,7 +1000,7 @@ def main(argv=None) -> int:
         records[e.label] = ensure_evaluated(e, eset, limit, workers, [], not args.no_progress)
 
     clips = params.examples_per_epoch if params.on_the_fly and params.examples_per_epoch else None
-    clips = clips or len(STFT.load_cache(STFT.cache_dir(cfg, "training")))
+    clips = clips or len(stft_cache.load_cache(stft_cache.cache_dir(cfg, "training")))
     study_info = {
         "study": study,
         "epochs": epochs,

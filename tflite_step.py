@@ -136,11 +136,11 @@ def step_meta(cfg, packed: bool = True) -> dict:
     """The part of export.py's metadata.json that TFLiteRunner reads, from a model config (for a step
     converted with `packed` states, as cached_step does)."""
     import model as M
-    import STFT
+    import spectral
 
     p = M.ModelParams.from_config(cfg)
     specs = M.state_specs(cfg)
-    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+    sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
     return {
         "lookahead_frames": p.lookahead_frames,
         "stft": {"n_bins": sp.n_bins},

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import cluster
-import STFT
+import spectral
+import spectral_tf
 import utils
 from train_settings import TrainParams
 from training_data import learning_rate_schedule
@@ -80,8 +81,8 @@ class Trainer:
         tf = utils.import_tensorflow()
         self.tf, self.cfg, self.params, self.strategy = tf, cfg, params, strategy
         self.model_lib = model_lib
-        self.sp = STFT.StftParams.from_config(cfg)
-        self.fp = STFT.FeatureParams.from_config(cfg)
+        self.sp = spectral.StftParams.from_config(cfg)
+        self.fp = spectral.FeatureParams.from_config(cfg)
         self.loss_fn = model_lib.loss_from_config(cfg)  # callable(S, S_hat, mask=None)
         with strategy.scope():
             self.model = model_lib.build_model(cfg)
@@ -129,7 +130,7 @@ class Trainer:
 
     # -- the train step ------------------------------------------------------------------------
     def features(self, X):
-        return STFT.features_tf(X, self.fp, self.sp)
+        return spectral_tf.features_tf(X, self.fp, self.sp)
 
     def forward(self, noisy, training: bool):
         mask = self.model(self.features(noisy), training=training)

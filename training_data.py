@@ -13,24 +13,25 @@ import math
 
 import numpy as np
 
-import STFT
+import spectral
+import stft_cache
 import utils
 from train_settings import TrainParams
 
 
 def open_cache(cfg, split: str):
     """The STFT cache of a split; refuses an empty one or one made with other [STFT] settings."""
-    folder = STFT.cache_dir(cfg, split)
-    cache = STFT.load_cache(folder)
+    folder = stft_cache.cache_dir(cfg, split)
+    cache = stft_cache.load_cache(folder)
     if len(cache) == 0:
         raise utils.PipelineError(f"{folder}: the {split} cache is empty")
-    if cache.params != STFT.StftParams.from_config(cfg):
+    if cache.params != spectral.StftParams.from_config(cfg):
         raise utils.PipelineError(f"{folder}: built with other [STFT] settings than the config; run STFT.py")
     return cache
 
 
 def crop_frames(cfg, params: TrainParams) -> int:
-    sp = STFT.StftParams.from_config(cfg)
+    sp = spectral.StftParams.from_config(cfg)
     return max(1, round(params.crop_seconds * sp.sample_rate / sp.hop))
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import manifests
-import STFT
+import spectral
 import utils
 from train_settings import TrainParams
 
@@ -47,7 +47,7 @@ class Validator:
         import metrics
 
         self.metrics = metrics
-        self.sp = STFT.StftParams.from_config(cfg)
+        self.sp = spectral.StftParams.from_config(cfg)
         n = min(params.validation_files, len(cache))
         # Manifest indices of the validation files (test split), stored in best/metrics.json so
         # evaluate.py can report the test scores without them.
@@ -91,7 +91,7 @@ class Validator:
             S_hat, mask, losses = trainer.enhance(noisy, clean)
             for j, k in enumerate(group):
                 ex = self.examples[k]
-                enhanced = STFT.istft(S_hat[j], self.sp, length=len(ex.noisy_wav))
+                enhanced = spectral.istft(S_hat[j], self.sp, length=len(ex.noisy_wav))
                 S_hat_j, mask_j = S_hat[j, : len(ex.clean_stft)], mask[j, : len(ex.clean_stft)]
                 values, _ = self.metrics.score(
                     ex.clean_wav, enhanced, noisy=ex.noisy_wav, sr=self.sp.sample_rate, metrics=VAL_METRICS

@@ -56,9 +56,10 @@ def _random_stft(tf, shape):
 
 def worker_train(cfg, job: dict) -> dict:
     tf, M = _worker_setup(job["threads"])
-    import STFT
+    import spectral
+    import spectral_tf
 
-    sp, fp = STFT.StftParams.from_config(cfg), STFT.FeatureParams.from_config(cfg)
+    sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
     model = M.build_model(cfg)
     loss_fn = M.loss_from_config(cfg)
     optimizer = M.keras.optimizers.Adam(1e-4)
@@ -69,7 +70,7 @@ def worker_train(cfg, job: dict) -> dict:
     @tf.function(input_signature=[spec, spec], jit_compile=job["jit"])
     def train_step(X, S):
         with tf.GradientTape() as tape:
-            mask = model(STFT.features_tf(X, fp, sp), training=True)
+            mask = model(spectral_tf.features_tf(X, fp, sp), training=True)
             loss = loss_fn(S, M.apply_mask(X, mask))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -95,25 +96,25 @@ def worker_train(cfg, job: dict) -> dict:
 
 def worker_infer(cfg, job: dict) -> dict:
     tf, M = _worker_setup(1)
-    import STFT
+    import spectral
 
-    sp = STFT.StftParams.from_config(cfg)
+    sp = spectral.StftParams.from_config(cfg)
     model = M.build_model(cfg)
     x = 0.1 * tf.random.normal([int(job["seconds"] * sp.sample_rate)]).numpy()
 
     def enhance(x):  # what a user waits for: waveform in, waveform out (STFT and iSTFT included)
-        return STFT.istft(M.enhance_spectrogram(model, STFT.stft(x, sp), cfg), sp, len(x))
+        return spectral.istft(M.enhance_spectrogram(model, spectral.stft(x, sp), cfg), sp, len(x))
 
     enhance(x)  # trace and warm up
     t0 = time.perf_counter()
     for _ in range(job["repeats"]):
         enhance(x)
     rtf = (time.perf_counter() - t0) / job["repeats"] / job["seconds"]
-    X = STFT.stft(x, sp)
+    X = spectral.stft(x, sp)
     out = {"rtf": rtf, "params": int(model.count_params()), "macs_per_frame": M.count_macs_per_frame(model)}
     if M.ModelParams.from_config(cfg).causal:
         stream = M.StreamingMask(model, cfg)
-        feats = STFT.features(X[:200], STFT.FeatureParams.from_config(cfg), sp)
+        feats = spectral.features(X[:200], spectral.FeatureParams.from_config(cfg), sp)
         for frame in feats[:20]:  # trace and warm up
             stream.step(frame)
         t0 = time.perf_counter()

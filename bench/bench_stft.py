@@ -1,4 +1,5 @@
-"""Benchmark of STFT.py: cache build speed and size for 3-s examples, and stft/istft of one 3-s clip.
+"""Benchmark of STFT.py (the cache build speed and size for 3-s examples) and of spectral.py (stft/istft of
+one 3-s clip).
 
 Generates N noisy/clean 3-s pairs (real speech and noise from ../shared/corpus when present, else
 synthetic) with a data-prep style manifest in a temp folder, builds the cache with each worker count,
@@ -21,7 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import spectral  # noqa: E402
+import spectral_tf  # noqa: E402
 import STFT  # noqa: E402
+import stft_cache  # noqa: E402
 import utils  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -80,9 +84,9 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _istft_add_at(X: np.ndarray, p: STFT.StftParams) -> np.ndarray:
+def _istft_add_at(X: np.ndarray, p: spectral.StftParams) -> np.ndarray:
     """The previous np.add.at overlap-add, kept here only to report the speed-up."""
-    t, w = X.shape[-2], STFT.window(p)
+    t, w = X.shape[-2], spectral.window(p)
     frames = np.fft.irfft(X, n=p.n_fft, axis=-1)[..., : p.win_length] * w
     total = p.pad_front + t * p.hop
     out, norm = np.zeros(total), np.zeros(total)
@@ -94,21 +98,21 @@ def _istft_add_at(X: np.ndarray, p: STFT.StftParams) -> np.ndarray:
     return (out / np.maximum(norm, 1e-8))[p.pad_front :].astype(np.float32)
 
 
-def bench_transform(p: STFT.StftParams, seconds: float, repeats: int) -> None:
+def bench_transform(p: spectral.StftParams, seconds: float, repeats: int) -> None:
     x = np.random.default_rng(1).standard_normal(int(seconds * p.sample_rate)).astype(np.float32)
-    X = STFT.stft(x, p)
+    X = spectral.stft(x, p)
     figures = {
-        "numpy stft": _median_time(lambda: STFT.stft(x, p), repeats),
-        "numpy istft": _median_time(lambda: STFT.istft(X, p, len(x)), repeats),
+        "numpy stft": _median_time(lambda: spectral.stft(x, p), repeats),
+        "numpy istft": _median_time(lambda: spectral.istft(X, p, len(x)), repeats),
         "numpy istft (old np.add.at)": _median_time(lambda: _istft_add_at(X, p), repeats),
-        "numpy features": _median_time(lambda: STFT.features(X, STFT.FeatureParams(), p), repeats),
+        "numpy features": _median_time(lambda: spectral.features(X, spectral.FeatureParams(), p), repeats),
     }
     utils.quiet_tensorflow()
     import tensorflow as tf
 
     xt, Xt = tf.constant(x), tf.constant(X)
-    stft_fn = tf.function(lambda v: STFT.stft_tf(v, p))
-    istft_fn = tf.function(lambda v: STFT.istft_tf(v, p, len(x)))
+    stft_fn = tf.function(lambda v: spectral_tf.stft_tf(v, p))
+    istft_fn = tf.function(lambda v: spectral_tf.istft_tf(v, p, len(x)))
     figures["TF stft (tf.function, CPU)"] = _median_time(lambda: stft_fn(xt).numpy(), repeats)
     figures["TF istft (tf.function, CPU)"] = _median_time(lambda: istft_fn(Xt).numpy(), repeats)
     print(f"\n{seconds:g}-s clip ({len(x)} samples -> {X.shape[0]} x {X.shape[1]}), median of {repeats}:")
@@ -131,7 +135,7 @@ def bench_cache(args, tmp: Path) -> None:
         t = time.perf_counter()
         STFT.build_cache(cfg, "training", workers=workers)
         noop = time.perf_counter() - t
-        cache = STFT.load_cache(folder)
+        cache = stft_cache.load_cache(folder)
         t = time.perf_counter()
         for i in range(len(cache)):
             cache.example(i)
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=50, help="timing repeats for one clip (default 50)")
     args = parser.parse_args(argv)
     cfg = utils.config_from_args(args)
-    p = STFT.StftParams.from_config(cfg)
+    p = spectral.StftParams.from_config(cfg)
     args.sample_rate = p.sample_rate
     with tempfile.TemporaryDirectory(prefix="bench_stft_") as tmp:
         bench_cache(args, Path(tmp))

@@ -103,9 +103,10 @@ def main(argv=None) -> int:
         )
         write_split(data, "training", args.train_clips, args.clip_seconds, 0)
         write_split(data, "testing", params.validation_files, args.clip_seconds, 1)
+        import manifests
         import STFT
 
-        for split in STFT.SPLITS:
+        for split in manifests.SPLITS:
             STFT.build_cache(cfg, split)
         t0 = time.perf_counter()
         folder = train.train(cfg, "bench", strategy=args.strategy, overwrite=True)

@@ -127,10 +127,10 @@ def test_config_value_is_typed_with_one_default(tmp_path):
 
 def _params_classes():
     import model
-    import STFT
+    import spectral
     import train_settings
 
-    return {"STFT": STFT.StftParams, "features": STFT.FeatureParams, "model": model.ModelParams,
+    return {"STFT": spectral.StftParams, "features": spectral.FeatureParams, "model": model.ModelParams,
             "train": train_settings.TrainParams}  # fmt: skip
 
 

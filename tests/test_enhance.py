@@ -1,7 +1,7 @@
 """enhance.py: chunked == whole file, streaming == offline, formats kept, inputs safe, bad inputs reported.
 
 Clip lengths are not multiples of 10 ms: a clip whose length is a multiple of the hop ends under the
-very tail of the last window, where STFT.istft divides by a near-zero window sum and amplifies any float
+very tail of the last window, where spectral.istft divides by a near-zero window sum and amplifies any float
 rounding of the mask (see the STFT module docstring); these tests are about enhance.py, not that edge.
 """
 
@@ -18,7 +18,7 @@ from conftest import run_enhance_cli as run_cli
 
 import enhance
 import model as M
-import STFT
+import spectral
 import streaming
 import utils
 
@@ -186,20 +186,20 @@ class FakeFrameRunner:
 @pytest.mark.parametrize(
     "features",
     [
-        STFT.FeatureParams(),
-        STFT.FeatureParams(deviation=True),
-        STFT.FeatureParams(compression=0.5, delta_phase=False),
+        spectral.FeatureParams(),
+        spectral.FeatureParams(deviation=True),
+        spectral.FeatureParams(compression=0.5, delta_phase=False),
     ],
 )
 def test_hop_stream_equals_whole_clip_transform(lookahead, features):
-    """HopStream (frame by frame, odd chunks) == STFT.features, the L-frame delay and STFT.istft."""
-    sp = STFT.StftParams()
+    """HopStream (frame by frame, odd chunks) == spectral.features, the L-frame delay and spectral.istft."""
+    sp = spectral.StftParams()
     x = noisy(0.7037, 40)
-    X = STFT.stft(x, sp)
-    feats = STFT.features(X, features, sp)
+    X = spectral.stft(x, sp)
+    feats = spectral.features(X, features, sp)
     padded = np.concatenate([feats, np.zeros((lookahead,) + feats.shape[1:], np.float32)])
     mask = _fake_net(padded)[lookahead:]
-    want = STFT.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=len(x))
+    want = spectral.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=len(x))
     runner = FakeFrameRunner(lookahead, sp.n_bins, features.channels)
     stream = streaming.HopStream(runner, sp, features)
     sizes = np.random.default_rng(lookahead).choice([1, 7, 159, 160, 161, 1000], size=len(x))
@@ -220,14 +220,14 @@ def test_hop_stream_equals_whole_clip_transform(lookahead, features):
 @pytest.mark.parametrize("n", [0, 1, 80, 159, 161, 400])
 def test_hop_stream_short_inputs(n):
     """Shorter than a hop or a window: as many samples out as in, equal to the whole-clip transform."""
-    sp, fp = STFT.StftParams(), STFT.FeatureParams()
+    sp, fp = spectral.StftParams(), spectral.FeatureParams()
     x = noisy(0.1, 41)[:n]
     stream = streaming.HopStream(FakeFrameRunner(2, sp.n_bins, fp.channels), sp, fp)
     y = np.concatenate([stream.process(x), stream.flush()])
-    X = STFT.stft(x, sp)
-    padded = np.concatenate([STFT.features(X, fp, sp), np.zeros((2, sp.n_bins, fp.channels), np.float32)])
+    X = spectral.stft(x, sp)
+    padded = np.concatenate([spectral.features(X, fp, sp), np.zeros((2, sp.n_bins, fp.channels), np.float32)])
     mask = _fake_net(padded)[2:]
-    want = STFT.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=n)
+    want = spectral.istft((mask[..., 0] + 1j * mask[..., 1]) * X, sp, length=n)
     assert y.shape == (n,) and y.dtype == np.float32
     np.testing.assert_allclose(y, want, atol=1e-5, rtol=0)
 

@@ -14,7 +14,7 @@ from conftest import SR, make_test_set, noise_like, speech_like, write_config
 
 import evaluate
 import metrics
-import STFT
+import spectral
 import utils
 
 FAST_METRICS = {"evaluate": {"metrics": "sdr,si_sdr,snr,stoi"}}  # PESQ is tested in test_metrics
@@ -39,7 +39,7 @@ def _read_csv(path: Path) -> list[dict]:
 def _spectra(seed=0, seconds=1.0, noise_gain=1.0):
     clean = speech_like(seconds, seed)
     noise = noise_gain * noise_like(seconds, seed + 1)
-    p = STFT.StftParams()
+    p = spectral.StftParams()
     return clean, noise, clean + noise, p
 
 
@@ -55,7 +55,7 @@ def test_ideal_complex_mask_reconstructs_clean():
 
 def test_oracle_masks_are_bounded_and_beat_the_input():
     clean, noise, noisy, p = _spectra(seed=3, noise_gain=2.0)
-    S, N, X = STFT.stft(clean, p), STFT.stft(noise, p), STFT.stft(noisy, p)
+    S, N, X = spectral.stft(clean, p), spectral.stft(noise, p), spectral.stft(noisy, p)
     irm = evaluate.oracle_mask("irm", S, N, X)
     psm = evaluate.oracle_mask("psm", S, N, X, bound=1.5)
     icm = evaluate.oracle_mask("icm", S, N, X, bound=1.5)
@@ -369,9 +369,9 @@ def test_end_to_end_with_tiny_untrained_model(test_set, tmp_path, capsys):
     task = evaluate.read_manifest(utils.get_path(cfg, "data_dir") / "manifest_testing.csv", 1)[0]
     clean, _ = utils.read_audio(task["clean"], SR)
     noisy, _ = utils.read_audio(task["noisy"], SR)
-    p = STFT.StftParams.from_config(mcfg)
+    p = spectral.StftParams.from_config(mcfg)
     padded = np.r_[noisy, np.zeros(p.win_length - p.hop, np.float32)]  # whole windows over the last samples
-    est = STFT.istft(model.enhance_spectrogram(net, STFT.stft(padded, p), mcfg), p)[: len(noisy)]
+    est = spectral.istft(model.enhance_spectrogram(net, spectral.stft(padded, p), mcfg), p)[: len(noisy)]
     first = next(r for r in rows if r["system"] == "model")
     assert float(first["si_sdr"]) == pytest.approx(metrics.si_sdr(clean, est), abs=1e-3)
 

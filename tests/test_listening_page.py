@@ -20,7 +20,7 @@ from conftest import SR, make_test_set, write_config
 import evaluate
 import listening_page
 import metrics
-import STFT
+import spectral
 import utils
 
 SNRS = (-5, -5, -5, 5, 5, 15)  # three files at -5 dB: best, median and worst are three different files
@@ -251,7 +251,7 @@ def test_rewriting_the_page_removes_clips_it_no_longer_links(tmp_path):
     def audio_for(indices):
         return ((i, {"noisy": tone, "clean": tone, "model": 2 * tone}) for i in indices)
 
-    p = STFT.StftParams()
+    p = spectral.StftParams()
     listening_page.write_page(tmp_path, summary, rows, audio_for, p, examples="all")
     assert len(list((tmp_path / "listen").glob("*.wav"))) == 9
     listening_page.write_page(tmp_path, summary, rows, audio_for, p, examples=1)

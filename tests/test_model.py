@@ -10,6 +10,8 @@ import pytest
 from conftest import write_config
 
 import model as M
+import spectral
+import spectral_tf
 import utils
 
 tf = M.tf
@@ -231,7 +233,7 @@ def test_training_steps_reduce_loss(tmp_path, rng):
     @tf.function
     def step(X, S):
         with tf.GradientTape() as tape:
-            loss = loss_fn(S, M.apply_mask(X, model(M.STFT.features_tf(X), training=True)))
+            loss = loss_fn(S, M.apply_mask(X, model(spectral_tf.features_tf(X), training=True)))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -244,7 +246,7 @@ def test_enhance_spectrogram(tmp_path, rng):
     cfg = make_cfg(tmp_path)
     model = M.build_model(cfg)
     X = random_stft(rng, (2, 8, F))
-    mask = run(model, M.STFT.features(X))
+    mask = run(model, spectral.features(X))
     expected = (mask[..., 0] + 1j * mask[..., 1]) * X
     out = M.enhance_spectrogram(model, X, cfg)
     assert out.shape == X.shape and out.dtype == np.complex64

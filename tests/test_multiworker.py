@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_config, write_split
 
+import manifests
 import STFT
 import train
 import train_settings
@@ -45,7 +46,7 @@ def data_root(tmp_path_factory) -> Path:
     write_split(root / "data", "training", (0.8, 0.6, 0.7, 0.9, 0.5, 0.6), 0)
     write_split(root / "data", "testing", (0.8,), 500)
     cfg = utils.load_config(write_config(root))
-    for split in STFT.SPLITS:
+    for split in manifests.SPLITS:
         STFT.build_cache(cfg, split)
     return root
 

@@ -71,6 +71,7 @@ def test_data_prep_three_shards_merge_to_the_bytes_of_one_run(synthetic_corpus, 
 
 def test_stft_three_shards_merge_to_the_cache_of_one_build(tmp_path, capsys):
     import STFT
+    import stft_cache
 
     data = tmp_path / "data"
     data.mkdir()
@@ -86,7 +87,7 @@ def test_stft_three_shards_merge_to_the_cache_of_one_build(tmp_path, capsys):
     assert "shard-1-of-3" in capsys.readouterr().err
     assert utils.run_main(STFT.main, ["--config", config, "--split", "testing", "--shard", "1/3"]) == 0
     assert utils.run_main(STFT.main, merge) == 0
-    three = STFT.cache_dir(cfg, "testing")
+    three = stft_cache.cache_dir(cfg, "testing")
     a, b = files(one, {"meta.json"}), files(three, {"meta.json"})
     assert sorted(a) == ["clean.npy", "config.ini", "index.csv", "noisy.npy"] and a == b
     meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (one, three))

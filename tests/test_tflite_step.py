@@ -50,9 +50,9 @@ def test_default_stream_is_tflite_and_equals_keras_step(tmp_path, lookahead, use
     assert isinstance(runner, tflite_step.TFLiteRunner)  # the default streaming path is the TFLite step
     assert len(runner._states) == 1  # its states packed in one tensor: one copy per frame
     # Masks, frame by frame (states carried), on feature frames of a real-looking signal.
-    import STFT
+    import spectral
 
-    feats = STFT.features(STFT.stft(noisy(0.8037, 40), lite.sp), lite.fp, lite.sp)
+    feats = spectral.features(spectral.stft(noisy(0.8037, 40), lite.sp), lite.fp, lite.sp)
     ref = M.StreamingMask(lite.model, lite.cfg)
     want = [m for m in map(ref.step, feats) if m is not None] + list(ref.flush())
     got = [m for m in map(runner.step, feats) if m is not None] + list(runner.flush())
@@ -137,13 +137,13 @@ def test_evaluate_engine_streams_the_tflite_step(tmp_path, user_cache):
     from conftest import make_test_set
 
     import evaluate
-    import STFT
+    import spectral
 
     folder = make_model(tmp_path / "m", lookahead_frames=1)
     make_test_set(tmp_path / "data")
     tasks = evaluate.read_manifest(tmp_path / "data" / "manifest_testing.csv")
     _, cfg = M.load_trained(folder)
-    p = STFT.StftParams.from_config(cfg)
+    p = spectral.StftParams.from_config(cfg)
     est = {}
     for engine in ("keras", "tflite", "tflite-int8"):
         loaded = evaluate._load_model(folder, engine)

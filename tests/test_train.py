@@ -15,9 +15,12 @@ import soundfile as sf
 from conftest import CORPUS, ROOT, SR, noise_like, requires_corpus, speech_like, write_config, write_split
 
 import augment
+import manifests
 import mixing
 import run_folder
+import spectral
 import STFT
+import stft_cache
 import train
 import train_settings
 import training_data
@@ -46,7 +49,7 @@ def data_root(tmp_path_factory) -> Path:
     write_split(root / "data", "training", TRAIN_SECONDS, 0)
     write_split(root / "data", "testing", TEST_SECONDS, 500)
     cfg = utils.load_config(write_config(root))
-    for split in STFT.SPLITS:
+    for split in manifests.SPLITS:
         STFT.build_cache(cfg, split)
     return root
 
@@ -58,7 +61,7 @@ def make_cfg(tmp_path: Path, data_root: Path, **train_values):
 
 
 def fixed_batch(cfg, n: int = 2):
-    cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
+    cache = stft_cache.load_cache(stft_cache.cache_dir(cfg, "training"))
     crop = training_data.crop_frames(cfg, TrainParams.from_config(cfg))
     return training_data.load_crops(cache, np.arange(n), np.zeros(n, np.int64), crop)
 
@@ -89,7 +92,7 @@ def test_epoch_plan_is_a_function_of_seed_epoch_and_example():
 
 def test_load_crops_slices_the_cache_and_pads_short_examples(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
-    cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
+    cache = stft_cache.load_cache(stft_cache.cache_dir(cfg, "training"))
     crop = training_data.crop_frames(cfg, TrainParams.from_config(cfg))
     assert crop == 100
     short = int(np.argmin(cache.n_frames))
@@ -104,7 +107,7 @@ def test_load_crops_slices_the_cache_and_pads_short_examples(data_root, tmp_path
 
 def test_dataset_skip_resumes_the_same_batches(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root)
-    cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
+    cache = stft_cache.load_cache(stft_cache.cache_dir(cfg, "training"))
     full = [b[0].numpy() for b in training_data.make_dataset(cache, 5, 1, 100, 2)]
     tail = [b[0].numpy() for b in training_data.make_dataset(cache, 5, 1, 100, 2, skip_batches=1)]
     assert len(full) == 3 and len(tail) == 2
@@ -475,7 +478,7 @@ def test_non_finite_losses_in_a_row_stop_with_a_checkpoint(data_root, tmp_path, 
 def test_validation_counts_a_failed_file_as_very_bad_not_as_missing(data_root, tmp_path):
     cfg = make_cfg(tmp_path, data_root, validation_files=3)
     params = TrainParams.from_config(cfg)
-    validator = validation.Validator(cfg, params, STFT.load_cache(STFT.cache_dir(cfg, "testing")))
+    validator = validation.Validator(cfg, params, stft_cache.load_cache(stft_cache.cache_dir(cfg, "testing")))
 
     class Silencer:  # a "model" that outputs silence for the first validation file only
         def enhance(self, noisy, clean):
@@ -507,12 +510,12 @@ REPLICA_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import STFT, train, training_data, utils
+    import stft_cache, train, training_data, utils
     from train_settings import TrainParams
     from trainer import Trainer, make_strategy, seed_everything
     cfg = utils.load_config(sys.argv[1])
     params = TrainParams.from_config(cfg)
-    cache = STFT.load_cache(STFT.cache_dir(cfg, "training"))
+    cache = stft_cache.load_cache(stft_cache.cache_dir(cfg, "training"))
     crop = training_data.crop_frames(cfg, params)
     batch = training_data.load_crops(cache, np.arange(4), np.array([0, 5, 0, 9]), crop)
     out = {}
@@ -627,7 +630,7 @@ def test_short_training_on_real_speech_beats_the_noisy_input(tmp_path):
                        "validation_files": 16, "validation_interval": 2, "audio_examples": 1}},
         )
     )  # fmt: skip
-    for split in STFT.SPLITS:
+    for split in manifests.SPLITS:
         STFT.build_cache(cfg, split)
     folder = train.train(cfg, "real", progress=False)
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
@@ -706,7 +709,7 @@ def test_mixer_skips_bad_sources_and_hits_the_drawn_snr(data_root, tmp_path, mix
     assert max(ex.level_db for ex in examples) - min(ex.level_db for ex in examples) > 3
     # the STFT the step consumes is the crop's own (its first `crop` frames)
     noisy, clean = mixer.spectra(0, 3)
-    assert noisy.shape == (100, 257) and np.array_equal(clean, STFT.stft(mixer.example(0, 3).clean)[:100])
+    assert noisy.shape == (100, 257) and np.array_equal(clean, spectral.stft(mixer.example(0, 3).clean)[:100])
 
 
 def test_augmentations_keep_the_snr_and_change_no_other_draw(data_root, tmp_path, mix_sources):
