@@ -41,7 +41,7 @@ from augment import (
 log = utils.get_logger("train")  # its warnings are the training run's
 
 # ----------------------------------------------------------------------------- the mixing definitions
-# data/data_prep.py (the cached mixtures) and OnTheFlyMixer below both mix with these.
+# prep_run.Mixer (data/data_prep.py's cached mixtures) and OnTheFlyMixer below both mix with these.
 
 PEAK = 0.99  # max |noisy| after the common anti-clipping gain
 ACTIVITY_FRAME_S = 0.02

@@ -81,20 +81,22 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
     are removed afterwards. Refuses (writing nothing) when a shard is missing or the shards' mixture
     indices are not exactly 1..total_<split>_files."""
 
-    from data import data_prep
+    import manifests
+    import prep_outputs
+    import prep_plan
 
-    settings = data_prep.Settings.from_config(cfg)
+    settings = prep_plan.Settings.from_config(cfg)
     out, lines, done = settings.output_path, [], []
     for split in splits:
         total = settings.totals[split]
         if total == 0:
             continue
         parts = [s.label for s in Shard(1, count).all()]
-        manifests = [out / f"manifest_{split}.{p}.csv" for p in parts]
-        if missing := _missing(manifests):
+        shard_csvs = [out / f"manifest_{split}.{p}.csv" for p in parts]
+        if missing := _missing(shard_csvs):
             names = ", ".join(m.name for m in missing)
             raise utils.PipelineError(f"{out}: {split}: shard manifest(s) not there yet: {names}")
-        rows = [r for m in manifests for r in _read_csv(m)]
+        rows = [r for m in shard_csvs for r in _read_csv(m)]
         for r in rows:
             r["index"] = int(r["index"])
         indices = sorted(r["index"] for r in rows)
@@ -109,10 +111,10 @@ def merge_data_prep(cfg, count: int, splits=("training", "testing")) -> list[str
             if listing.is_file():
                 for r in _read_csv(listing):
                     skipped.setdefault(r["path"], r["reason"])
-        data_prep.remove_leftovers(out, split)  # temp files of interrupted shards (none runs now)
-        data_prep.write_manifest(out / f"manifest_{split}.csv", rows)
-        data_prep.write_skipped(out / f"data_prep_skipped_{split}.csv", skipped)
-        done += manifests + [out / f"data_prep_skipped_{split}.{p}.csv" for p in parts]
+        prep_outputs.remove_leftovers(out, split)  # temp files of interrupted shards (none runs now)
+        manifests.write(out / f"manifest_{split}.csv", rows)
+        prep_outputs.write_skipped(out / f"data_prep_skipped_{split}.csv", skipped)
+        done += shard_csvs + [out / f"data_prep_skipped_{split}.{p}.csv" for p in parts]
         lines.append(f"{split}: {total} mixtures from {count} shards -> {out / f'manifest_{split}.csv'}")
     for path in done:
         path.unlink(missing_ok=True)

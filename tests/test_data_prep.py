@@ -1,4 +1,5 @@
-"""data/data_prep.py: exact mixing, naming, determinism, resume, refusal and bad-input handling."""
+"""data/data_prep.py and its modules (prep_sources, prep_outputs, prep_plan, prep_run): exact mixing,
+naming, determinism, resume, refusal and bad-input handling."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import soundfile as sf
 from conftest import SR, noise_like, speech_like
 
 import mixing
+import prep_plan
+import prep_run
+import prep_sources
 import utils
 from data import data_prep
 
@@ -305,16 +309,16 @@ def test_long_files_are_read_in_segments(tmp_path):
     x = noise_like(3.0, 4)
     sf.write(path, x, SR)
     info = sf.info(str(path))
-    src = data_prep.Source(str(path), info.frames, info.samplerate, info.format)
-    reader = data_prep.SourceReader(SR)
-    old = data_prep.PARTIAL_READ_S
-    data_prep.PARTIAL_READ_S = 1.0
+    src = prep_sources.Source(str(path), info.frames, info.samplerate, info.format)
+    reader = prep_sources.SourceReader(SR)
+    old = prep_sources.PARTIAL_READ_S
+    prep_sources.PARTIAL_READ_S = 1.0
     try:
         assert src.partial(SR)
         seg = reader.segment(src, 2 * SR, SR + 500)  # wraps around the end
     finally:
-        data_prep.PARTIAL_READ_S = old
-    full = data_prep.decode(str(path), SR)
+        prep_sources.PARTIAL_READ_S = old
+    full = prep_sources.decode(str(path), SR)
     assert np.array_equal(seg, np.concatenate([full[2 * SR :], full[:500]]))
 
 
@@ -389,15 +393,15 @@ def test_worker_error_when_every_noise_draw_is_silent(synthetic_corpus, tmp_path
     sf.write(quiet, np.full(2 * SR, 1e-7, np.float32), SR, subtype="FLOAT")
     plan = make_plan(synthetic_corpus, tmp_path)
     info = sf.info(str(quiet))
-    src = data_prep.Source(str(quiet), info.frames, info.samplerate, info.format)
-    mixer = data_prep.Mixer(dataclasses.replace(plan.job, noise=(src,)))
+    src = prep_sources.Source(str(quiet), info.frames, info.samplerate, info.format)
+    mixer = prep_run.Mixer(dataclasses.replace(plan.job, noise=(src,)))
     with pytest.raises(utils.PipelineError, match="no usable noise"):
         mixer.pick_noise(np.random.default_rng(0))
 
 
-def make_plan(corpus: Path, tmp_path: Path, split: str = "training", **over) -> data_prep.SplitPlan:
+def make_plan(corpus: Path, tmp_path: Path, split: str = "training", **over) -> prep_plan.SplitPlan:
     cfg = utils.load_config(utils.DATA_CONFIG, data_args(corpus, tmp_path / "out", **over)[1::2])
-    return data_prep.plan_split(data_prep.Settings.from_config(cfg), split)
+    return prep_plan.plan_split(prep_plan.Settings.from_config(cfg), split)
 
 
 def test_draws_do_not_depend_on_what_a_process_read_before(synthetic_corpus, tmp_path):
@@ -405,8 +409,8 @@ def test_draws_do_not_depend_on_what_a_process_read_before(synthetic_corpus, tmp
     process already knew was bad, so each mixture's picks are the same in every worker."""
     job = make_plan(synthetic_corpus, tmp_path).job
     bad = job.clean[1].path
-    knows = data_prep.Mixer(dataclasses.replace(job, bad=((bad, "known bad"),)))
-    finds = data_prep.Mixer(job)
+    knows = prep_run.Mixer(dataclasses.replace(job, bad=((bad, "known bad"),)))
+    finds = prep_run.Mixer(job)
     real_read, failed = finds.reader._read, []
 
     def read(src, start, n):

@@ -130,12 +130,12 @@ def test_worker_dies_with_its_parent(tmp_path):
 
 
 def test_data_prep_workers_are_told_to_die_with_the_parent(monkeypatch):
-    from data import data_prep
+    import prep_run
 
     seen = []
     monkeypatch.setattr(utils, "die_with_parent", seen.append)
-    monkeypatch.setattr(data_prep, "Mixer", lambda job: job)
-    data_prep._init_worker("job", 4242)
+    monkeypatch.setattr(prep_run, "Mixer", lambda job: job)
+    prep_run._init_worker("job", 4242)
     assert seen == [4242]
 
 
