@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 import manifests
 import shards
@@ -89,19 +88,6 @@ def _fingerprint(files: list[Path], manifest: Path) -> str:
             raise utils.PipelineError(f"{path}: file not found (named in {manifest})") from None
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
-
-def _n_samples(path: Path, sample_rate: int) -> int:
-    """Length after utils.read_audio: read from the header, or by decoding when it will resample."""
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # libsndfile raises several types; all mean "unreadable"
-        raise utils.AudioError(path, utils.unreadable(e)) from e
-    if info.frames <= 0:
-        raise utils.AudioError(path, "empty (0 samples)")
-    if info.samplerate == sample_rate:
-        return int(info.frames)
-    return len(utils.read_audio(path, sample_rate)[0])
 
 
 def _section_dict(cfg, section: str) -> dict:
@@ -346,7 +332,7 @@ def _plan_examples(cfg, expected: dict) -> tuple[list, list, int]:
     for i, ex in enumerate(examples):
         paths = {"noisy": ex.noisy, "clean": ex.clean, "noise": ex.noise}
         paths = {n: paths[n] for n in names}
-        lengths = {n: _n_samples(path, p.sample_rate) for n, path in paths.items()}
+        lengths = {n: utils.audio_length(path, p.sample_rate) for n, path in paths.items()}
         if len(set(lengths.values())) != 1:
             raise utils.PipelineError(
                 f"{ex.noisy}: lengths differ from its partners in {manifest.name} "

@@ -260,12 +260,10 @@ def merge_stft(cfg, split: str, count: int):
 def evaluate_batches(tasks: list[dict], sample_rate: int, batch_size: int) -> list[list[int]]:
     """Positions of `tasks` grouped as evaluate's model batches (runs of up to batch_size files of one
     length; an unreadable file alone), lengths from the audio headers."""
-    import STFT
-
     groups, current, length = [], [], None
     for i, t in enumerate(tasks):
         try:
-            n = STFT._n_samples(Path(t["noisy"]), sample_rate)
+            n = utils.audio_length(t["noisy"], sample_rate)
         except utils.PipelineError:
             groups += [current, [i]] if current else [[i]]
             current = []

@@ -532,6 +532,20 @@ def read_audio(path: Path | str, sample_rate: int | None = None, mono: bool = Tr
     return np.ascontiguousarray(data, dtype=np.float32), sr
 
 
+def audio_length(path: Path | str, sample_rate: int) -> int:
+    """Length after read_audio: read from the header, or by decoding when it will resample."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile raises several types; all mean "unreadable"
+        raise AudioError(path, unreadable(e)) from e
+    if info.frames <= 0:
+        raise AudioError(path, "empty (0 samples)")
+    if info.samplerate == sample_rate:
+        return int(info.frames)
+    return len(read_audio(path, sample_rate)[0])
+
+
 def unreadable(e: Exception) -> str:
     """AudioError's reason for a file libsndfile could not decode (it raises several types)."""
     text = str(e).splitlines()[0] if str(e).strip() else e.__class__.__name__
