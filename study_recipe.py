@@ -23,7 +23,6 @@ evaluations are reused, interrupted ones resume (train.py --resume).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import subprocess
@@ -31,8 +30,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
+import compare
 import utils
 
 ROOT = Path(__file__).resolve().parent
@@ -156,24 +154,6 @@ def _steps_done(run: Path) -> int:
     return max((int(r.get("step", 0)) for r in rows), default=0)
 
 
-def read_scores(ev: Path) -> dict[str, dict[int, dict]]:
-    """system -> manifest index -> row (snr_db and metrics as floats)."""
-    out: dict[str, dict[int, dict]] = {}
-    with open(ev / "results.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            row = {"snr_db": float(r["snr_db"])}
-            row.update({m: float(r[m]) for m in METRICS if r.get(m) not in (None, "")})
-            out.setdefault(r["system"], {})[int(r["index"])] = row
-    return out
-
-
-def stats(values) -> dict:
-    v = np.asarray([x for x in values if math.isfinite(x)], float)
-    if len(v) < 2:
-        return {"mean": float(v.mean()) if len(v) else None, "ci95": None, "n": len(v)}
-    return {"mean": float(v.mean()), "ci95": float(1.96 * v.std(ddof=1) / math.sqrt(len(v))), "n": len(v)}
-
-
 def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dict:
     """Per run: validation SI-SDR (the choosing score), held-out means, paired differences to the
     reference run, SI-SDR at -5 and 0 dB input."""
@@ -182,7 +162,7 @@ def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dic
         ev, best = out / "eval" / name, best_dir(names[name][0], name, out)
         if not (ev / "results.csv").is_file():
             continue
-        scores[name] = read_scores(ev)
+        scores[name] = compare.read_scores(ev)
         meta = json.loads((best / "metrics.json").read_text())
         val[name] = meta
     if not scores:
@@ -192,9 +172,9 @@ def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dic
     held = sorted(i for i in scores[first]["model"] if i not in validation)
     rows = {"noisy": {"validation_si_sdr": val[first]["validation"].get("si_sdr_noisy")}}
     noisy = scores[first]["noisy"]
-    rows["noisy"].update({m: stats([noisy[i][m] for i in held]) for m in METRICS})
+    rows["noisy"].update({m: compare.stats([noisy[i][m] for i in held]) for m in METRICS})
     for snr in (-5, 0):
-        rows["noisy"][f"si_sdr_at_{snr}"] = stats(
+        rows["noisy"][f"si_sdr_at_{snr}"] = compare.stats(
             [noisy[i]["si_sdr"] for i in held if noisy[i]["snr_db"] == snr]
         )
     ref = scores.get(reference, {}).get("model")
@@ -204,12 +184,14 @@ def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dic
         r = {"recipe": recipe, "seed": seed, "what": RECIPES[recipe][0], "settings": list(RECIPES[recipe][1]),
              "best_epoch": val[name]["epoch"], "best_step": val[name]["step"],
              "validation_si_sdr": val[name]["validation"]["si_sdr"]}  # fmt: skip
-        r.update({m: stats([model[i][m] for i in held]) for m in METRICS})
+        r.update({m: compare.stats([model[i][m] for i in held]) for m in METRICS})
         for snr in (-5, 0):
-            r[f"si_sdr_at_{snr}"] = stats([model[i]["si_sdr"] for i in held if model[i]["snr_db"] == snr])
+            r[f"si_sdr_at_{snr}"] = compare.stats(
+                [model[i]["si_sdr"] for i in held if model[i]["snr_db"] == snr]
+            )
         if ref is not None:
             for m in ("si_sdr", "pesq", "stoi"):
-                r[f"d_{m}"] = stats([model[i][m] - ref[i][m] for i in held])
+                r[f"d_{m}"] = compare.stats([model[i][m] - ref[i][m] for i in held])
         rows[name] = r
     return {
         "reference": reference,

@@ -16,6 +16,7 @@ SCRIPTS = [
     "model.py",
     "train.py",
     "evaluate.py",
+    "compare.py",
     "enhance.py",
     "export.py",
     "demo.py",
