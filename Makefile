@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 CORPUS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint format bench data peers tensorboard clean
+.PHONY: help venv demo test test-all lint format bench data peers tensorboard clean
 
 help:
 	@echo "make demo [CORPUS=DIR]   whole pipeline end to end (data prep, STFT, train, evaluate, enhance)"
-	@echo "make test                the test suite and ruff"
-	@echo "make test-fast           ruff and the tests not marked slow (no training runs, no whole scripts)"
+	@echo "make test                ruff and the tests not marked slow (no training runs, no whole scripts)"
+	@echo "make test-all            ruff and every test (what CI runs)"
 	@echo "make lint | format       ruff check / ruff format"
 	@echo "make bench               benchmarks under bench/ (prints figures)"
 	@echo "make data                download LibriSpeech and MS-SNSD noise into data/ (needs network)"
@@ -32,10 +32,10 @@ demo: venv
 	$(BIN)/python demo.py $(if $(CORPUS),--corpus $(CORPUS))
 
 test: venv lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-test-fast: venv lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: venv lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
