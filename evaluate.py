@@ -820,13 +820,9 @@ def _write_results(cfg, mcfg, model_dir, limit, out_dir, rows, names, systems, t
     with utils.atomic_write(out_dir / "snr_table.md", "w") as f:
         f.write(table)
     plots = plot_metrics(rows, names, systems, out_dir)
-    resolved = configparser.ConfigParser(interpolation=None)
-    resolved.optionxform = str
-    resolved.read_dict(utils.config_to_dict(cfg))
-    if not resolved.has_section("evaluate"):
-        resolved.add_section("evaluate")
-    resolved.set("evaluate", "model_dir", str(model_dir or ""))
-    resolved.set("evaluate", "limit", str(limit or ""))
+    resolved = utils.copy_config(cfg)
+    utils.set_value(resolved, "evaluate", "model_dir", model_dir or "")
+    utils.set_value(resolved, "evaluate", "limit", limit or "")
     utils.save_config(resolved, out_dir / "config.ini")
     if model_dir is not None:
         utils.save_config(mcfg, out_dir / "model_config.ini")

@@ -144,20 +144,11 @@ def data_settings(cfg) -> dict:
 def with_data_settings(cfg):
     """A copy of cfg whose [data] section holds the resolved MIX_DATA_KEYS: saved beside the run, it
     names the sources and SNR range the run was trained on and reproduces them on --resume."""
-    import configparser
-
     values = data_settings(cfg)
-    out = configparser.ConfigParser(interpolation=None)
-    out.optionxform = str
-    out.read_dict(utils.config_to_dict(cfg))
-    out.source = getattr(cfg, "source", str(utils.DEFAULT_CONFIG))  # type: ignore[attr-defined]
-    if not out.has_section("data"):
-        out.add_section("data")
+    out = utils.copy_config(cfg)
     for key, value in values.items():
-        out.set("data", key, value)
-    if not out.has_section("train"):
-        out.add_section("train")
-    out.set("train", "data_config", str(data_config_path(cfg)))  # absolute: the copy lives elsewhere
+        utils.set_value(out, "data", key, value)
+    utils.set_value(out, "train", "data_config", data_config_path(cfg))  # absolute: the copy lives elsewhere
     return out
 
 

@@ -160,20 +160,6 @@ def parse_lookaheads(text: str) -> list[int]:
     return list(dict.fromkeys(values))  # unique, in the given order (the first one is calibrated)
 
 
-def copy_config(cfg) -> configparser.ConfigParser:
-    new = configparser.ConfigParser(interpolation=None)
-    new.optionxform = str
-    new.read_dict(utils.config_to_dict(cfg))
-    new.source = getattr(cfg, "source", "config.ini")  # type: ignore[attr-defined]
-    return new
-
-
-def _set(cfg, section: str, key: str, value) -> None:
-    if not cfg.has_section(section):
-        cfg.add_section(section)
-    cfg.set(section, key, str(value))
-
-
 def make_entries(
     cfg,
     study: str,
@@ -194,14 +180,14 @@ def make_entries(
     folder = study if seed is None else f"{study}_seed{seed}"
     entries = []
     for name, arch, L, mode in specs:
-        c = copy_config(cfg)
+        c = utils.copy_config(cfg)
         for key in ("checkpoint_dir", "log_dir", "enhanced_dir"):
-            _set(c, "paths", key, utils.get_path(cfg, key) / folder)
-        _set(c, "model", "architecture", arch)
-        _set(c, "model", "lookahead_frames", L)
-        _set(c, "model", "lookahead_mode", mode)
+            utils.set_value(c, "paths", key, utils.get_path(cfg, key) / folder)
+        utils.set_value(c, "model", "architecture", arch)
+        utils.set_value(c, "model", "lookahead_frames", L)
+        utils.set_value(c, "model", "lookahead_mode", mode)
         if seed is not None:
-            _set(c, "train", "seed", seed)
+            utils.set_value(c, "train", "seed", seed)
         label = name if seed is None else f"{name}_seed{seed}"
         seed_of = utils.config_value(c, "train", "seed")
         entries.append(Entry(name, arch, L, c, out / "runs" / label, seed_of, label, mode))
@@ -345,8 +331,8 @@ def ensure_trained(entry: Entry, epochs: int, settings: dict, overwrite: bool, p
         entry.marker, {"key": _digest(settings), "epochs": done if resume else 0, "settings": settings}
     )
     (entry.out / "study.json").unlink(missing_ok=True)  # any earlier evaluation is stale now
-    cfg = copy_config(entry.cfg)
-    _set(cfg, "train", "epochs", epochs)
+    cfg = utils.copy_config(entry.cfg)
+    utils.set_value(cfg, "train", "epochs", epochs)
     train.log.propagate = False  # TensorFlow may add a root handler: print each line once
     train.train(cfg, entry.name, resume=resume, overwrite=state == "other", progress=progress)
     write_json(entry.marker, {"key": _digest(settings), "epochs": epochs, "settings": settings})
@@ -985,7 +971,7 @@ def main(argv=None) -> int:
         epochs = calibration["epochs"]
     else:
         epochs = args.epochs if args.epochs is not None else params.epochs
-    _set(cfg, "train", "epochs", epochs)
+    utils.set_value(cfg, "train", "epochs", epochs)
     out.mkdir(parents=True, exist_ok=True)
     utils.save_config(cfg, out / "config.ini")
 

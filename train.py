@@ -324,6 +324,8 @@ def train(cfg, run_name: str | None = None, resume: bool = False, strategy="defa
     if params.on_the_fly:
         cfg = mixing.with_data_settings(cfg)  # the run's config.ini then names its sources and SNR range
     dirs = RunDirs.from_config(cfg, run_name or params.run_name)
+    cfg = utils.copy_config(cfg)
+    utils.set_value(cfg, "train", "run_name", dirs.checkpoints.name)  # the saved config names its run
     # Multi-worker: the chief alone checks, clears and locks the (shared) run folder; the others
     # restore whatever checkpoint the chief restores.
     chief = strategy != "multiworker" or cluster.is_chief_task()

@@ -180,6 +180,22 @@ def config_to_dict(cfg: configparser.ConfigParser) -> dict:
     return {s: dict(cfg.items(s)) for s in cfg.sections()}
 
 
+def copy_config(cfg: configparser.ConfigParser) -> configparser.ConfigParser:
+    """An independent copy (same keys, case kept, same .source) that a caller may change freely."""
+    new = configparser.ConfigParser(interpolation=None)
+    new.optionxform = str
+    new.read_dict(config_to_dict(cfg))
+    new.source = getattr(cfg, "source", str(DEFAULT_CONFIG))  # type: ignore[attr-defined]
+    return new
+
+
+def set_value(cfg: configparser.ConfigParser, section: str, key: str, value) -> None:
+    """cfg[section][key] = str(value), adding the section when missing."""
+    if not cfg.has_section(section):
+        cfg.add_section(section)
+    cfg.set(section, key, str(value))
+
+
 # ----------------------------------------------------------------------------- config schema
 #
 # The valid sections and keys are those of config.ini and data/config.ini themselves (a key added

@@ -177,7 +177,8 @@ def test_run_writes_checkpoints_best_model_tensorboard_and_examples(data_root, t
     folder = train.train(cfg, "run", progress=False)
     assert folder == Path(cfg["paths"]["checkpoint_dir"]) / "run"
     assert (folder / "config.ini").is_file() and (folder / "checkpoint").is_file()
-    assert utils.load_config(folder / "config.ini")["train"]["epochs"] == "2"
+    saved = utils.load_config(folder / "config.ini")
+    assert saved["train"]["epochs"] == "2" and saved["train"]["run_name"] == "run"  # the run it made
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2] and history[-1]["step"] == 6
 
