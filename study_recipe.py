@@ -3,10 +3,11 @@ compared at an equal number of optimizer steps, in one command.
 
     python study_recipe.py [--recipes base,noiseaug,...] [--steps 3000] [--seeds 1234]
                            [--corpus ../shared/corpus] [--out results/recipe_study]
-                           [--jobs 2] [--compare-only] [--list]
+                           [--start pretrained] [--jobs 2] [--compare-only] [--list]
 
-Every recipe fine-tunes the shipped model (pretrained/model.weights.h5, the starting point of the
-final training) for --steps optimizer steps from the same weights, with the same seed, on-the-fly
+Every recipe starts from --start (a model folder, default pretrained/): its config.ini, and for the
+fine-tuning recipes its weights; the scratch_* recipes train from random weights. Each runs for
+--steps optimizer steps, with the same seed, on-the-fly
 mixtures from <corpus>/clean_train x noise_train (all noise pieces), batch 8 x 2 s, 500 steps per
 epoch; only the recipe's own settings (RECIPES) differ. Each run is then scored by evaluate.py on
 the 200 test mixtures of data_prep (clean_test x noise_test: speakers and noise recordings never
@@ -34,10 +35,11 @@ import compare
 import utils
 
 ROOT = Path(__file__).resolve().parent
+SHIPPED = ROOT / "pretrained"
 STEPS_PER_EPOCH = 500  # examples_per_epoch 4000 / batch 8
-# Settings every recipe shares (on top of pretrained/config.ini): fine-tuning from the shipped weights.
+# Settings every recipe shares (on top of <start>/config.ini): fine-tuning from the --start weights.
 BASE_SETS = (
-    "train.init_weights={root}/pretrained/model.weights.h5",
+    "train.init_weights={start}/model.weights.h5",
     "train.examples_per_epoch=4000",
     "train.batch_size=8",
     "train.learning_rate=3e-4",
@@ -107,9 +109,11 @@ def _as_sets(sets: list[str]) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def train_command(recipe: str, name: str, seed: int, steps: int, corpus: Path, out: Path) -> list[str]:
+def train_command(
+    recipe: str, name: str, seed: int, steps: int, corpus: Path, out: Path, start: Path = SHIPPED
+) -> list[str]:
     work = out / "work"
-    sets = [s.format(root=ROOT, steps=steps) for s in (*BASE_SETS, *RECIPES[recipe][1])]
+    sets = [s.format(start=start, steps=steps) for s in (*BASE_SETS, *RECIPES[recipe][1])]
     sets += [f"paths.data_dir={work}/data", f"paths.stft_dir={work}", f"paths.checkpoint_dir={out}/cp"]
     sets += [
         f"paths.log_dir={out}/logs",
@@ -118,19 +122,21 @@ def train_command(recipe: str, name: str, seed: int, steps: int, corpus: Path, o
     ]
     sets += [f"data.clean_train_path={corpus}/clean_train", f"data.noise_train_path={corpus}/noise_train"]
     sets += [f"train.seed={seed}", f"train.epochs={math.ceil(steps / STEPS_PER_EPOCH)}"]
-    cmd = ["train.py", "--config", "pretrained/config.ini", "--run-name", name, "--resume", "--no-progress"]
+    cmd = ["train.py", "--config", str(start / "config.ini"), "--run-name", name, "--resume", "--no-progress"]
     return [python(), *cmd, *_as_sets(sets)]
 
 
-def train_and_evaluate(recipe: str, name: str, seed: int, steps: int, corpus: Path, out: Path) -> None:
-    best, ev = best_dir(recipe, name, out), out / "eval" / name
+def train_and_evaluate(
+    recipe: str, name: str, seed: int, steps: int, corpus: Path, out: Path, start: Path = SHIPPED
+) -> None:
+    best, ev = best_dir(recipe, name, out, start), out / "eval" / name
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     done = best / "metrics.json"
     trained = recipe == START or (done.is_file() and _steps_done(out / "cp" / name) >= steps)
     if not trained:
         with open(log, "a") as f:
-            subprocess.run(train_command(recipe, name, seed, steps, corpus, out), cwd=ROOT, check=True,
+            subprocess.run(train_command(recipe, name, seed, steps, corpus, out, start), cwd=ROOT, check=True,
                            stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
     summary = ev / "summary.json"
     if summary.is_file() and summary.stat().st_mtime > (best / "model.weights.h5").stat().st_mtime:
@@ -142,8 +148,8 @@ def train_and_evaluate(recipe: str, name: str, seed: int, steps: int, corpus: Pa
                        cwd=ROOT, check=True, stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def best_dir(recipe: str, name: str, out: Path) -> Path:
-    return ROOT / "pretrained" if recipe == START else out / "cp" / name / "best"
+def best_dir(recipe: str, name: str, out: Path, start: Path = SHIPPED) -> Path:
+    return start if recipe == START else out / "cp" / name / "best"
 
 
 def _steps_done(run: Path) -> int:
@@ -154,12 +160,12 @@ def _steps_done(run: Path) -> int:
     return max((int(r.get("step", 0)) for r in rows), default=0)
 
 
-def collect(names: dict[str, tuple[str, int]], reference: str, out: Path) -> dict:
+def collect(names: dict[str, tuple[str, int]], reference: str, out: Path, start: Path = SHIPPED) -> dict:
     """Per run: validation SI-SDR (the choosing score), held-out means, paired differences to the
     reference run, SI-SDR at -5 and 0 dB input."""
     scores, val = {}, {}
     for name in names:
-        ev, best = out / "eval" / name, best_dir(names[name][0], name, out)
+        ev, best = out / "eval" / name, best_dir(names[name][0], name, out, start)
         if not (ev / "results.csv").is_file():
             continue
         scores[name] = compare.read_scores(ev)
@@ -238,6 +244,11 @@ def main(argv=None) -> int:
         "--seeds", default="1234", help="comma list of [train] seeds; the first is the main one"
     )
     parser.add_argument("--reference", default="base", help="run the paired differences are taken against")
+    parser.add_argument(
+        "--start", type=Path, default=SHIPPED, metavar="MODEL_DIR",
+        help="model folder whose config.ini every run starts from and whose weights the fine-tuning recipes "
+        "start from ('start' scores it as is; default pretrained/)",
+    )  # fmt: skip
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "recipe_study")
     parser.add_argument(
@@ -260,7 +271,9 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as e:
         raise utils.PipelineError(f"--seeds {args.seeds!r}: expected integers") from e
-    corpus, out = args.corpus.resolve(), args.out.resolve()
+    corpus, out, start = args.corpus.resolve(), args.out.resolve(), args.start.resolve()
+    if not (start / "config.ini").is_file() or not (start / "model.weights.h5").is_file():
+        raise utils.PipelineError(f"--start {args.start}: needs config.ini and model.weights.h5")
     names = {run_name(r, s, seeds[0]): (r, s) for s in seeds for r in recipes if r != START or s == seeds[0]}
     if not args.compare_only:
         if not (corpus / "clean_train").is_dir():
@@ -268,12 +281,12 @@ def main(argv=None) -> int:
         prepare_test_data(corpus, out / "work")
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             jobs = [
-                pool.submit(train_and_evaluate, r, n, s, args.steps, corpus, out)
+                pool.submit(train_and_evaluate, r, n, s, args.steps, corpus, out, start)
                 for n, (r, s) in names.items()
             ]
             for job in jobs:
                 job.result()
-    res = collect(names, args.reference, out)
+    res = collect(names, args.reference, out, start)
     if not res:
         raise utils.PipelineError(f"{out}: no evaluated runs yet")
     res["steps"] = args.steps

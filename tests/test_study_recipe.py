@@ -15,6 +15,10 @@ def test_train_command_fine_tunes_from_the_shipped_weights_with_the_recipe_setti
     )
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert f"train.init_weights={study_recipe.ROOT}/pretrained/model.weights.h5" in sets
+    assert cmd[cmd.index("--config") + 1] == str(study_recipe.ROOT / "pretrained" / "config.ini")
+    other = study_recipe.train_command("base", "b", 1, 500, tmp_path, tmp_path, start=tmp_path / "stage1")
+    assert other[other.index("--config") + 1] == str(tmp_path / "stage1" / "config.ini")
+    assert f"train.init_weights={tmp_path}/stage1/model.weights.h5" in other
     assert "data.SNR_lower=-10" in sets and study_recipe.NOISE_AUG in sets
     assert "train.seed=7" in sets and "train.epochs=3" in sets  # 1500 steps of 500
     assert cmd[cmd.index("--run-name") + 1] == "x_seed7" and "--resume" in cmd
