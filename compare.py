@@ -46,10 +46,7 @@ def read_scores(path: Path) -> dict[str, dict[int, dict]]:
         for r in csv.DictReader(f):
             row = {"snr_db": float(r["snr_db"])}
             for key, value in r.items():
-                if key not in ("index", "snr_db", "system", "failures", "noisy_file") and value not in (
-                    None,
-                    "",
-                ):
+                if key not in NOT_SCORES and value not in (None, ""):
                     row[key] = float(value)
             out.setdefault(r["system"], {})[int(r["index"])] = row
     return out

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+import compare
 import utils
 
 ROOT = Path(__file__).resolve().parent
@@ -127,10 +128,8 @@ def noise_kinds_table(results: list[dict], data: Path, exclude: set[int]) -> str
 
 
 def validation_indices(model_dir: Path) -> set[int]:
-    meta = model_dir / "metrics.json"
-    return (
-        set(json.loads(meta.read_text()).get("validation_manifest_indices", [])) if meta.is_file() else set()
-    )
+    has_metrics = (model_dir / "metrics.json").is_file()
+    return compare.validation_files([model_dir]) if has_metrics else set()
 
 
 def pick_examples(data: Path, exclude: set[int], n: int) -> list[dict]:
@@ -151,11 +150,7 @@ def examples(model_dir: Path, data: Path, out: Path, n: int) -> None:
 
     net, cfg = model_lib.load_trained(model_dir)
     sp, fp = spectral.StftParams.from_config(cfg), spectral.FeatureParams.from_config(cfg)
-    meta = model_dir / "metrics.json"
-    exclude = (
-        set(json.loads(meta.read_text()).get("validation_manifest_indices", [])) if meta.is_file() else set()
-    )
-    rows = pick_examples(data, exclude, n)
+    rows = pick_examples(data, validation_indices(model_dir), n)
     if not rows:
         raise utils.PipelineError(f"{data}/manifest_testing.csv: no test mixtures to show")
     fig, axes = plt.subplots(len(rows), 5, figsize=(15, 2.8 * len(rows)), squeeze=False)
